@@ -1,0 +1,6 @@
+"""Attack plug-ins: one module per attack. Importing this package registers them all."""
+import importlib
+import pkgutil
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_mod}")

@@ -1,0 +1,130 @@
+"""The fair protocol: a defense gets what it declares and nothing else; poison hides nothing."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from bench.attack import Attack, AttackParams
+from bench.data import Split
+from bench.defense import Defense, DefenseOutput, ProtocolError
+from bench.metrics import auroc
+from bench.registry import ATTACKS, DEFENSES
+from bench.runner import build_cell, build_context, execute
+from bench.spec import RunSpec
+
+from conftest import toy_split
+
+
+@dataclass
+class StampParams(AttackParams):
+    alpha: float = 0.3
+
+
+@ATTACKS.register("_test_stamp")
+class StampAttack(Attack):
+    """Test attack: a blended bright corner (off the 8-bit grid before quantisation)."""
+
+    Params = StampParams
+
+    def apply_poison(self, x, idx):
+        out = x.clone()
+        out[:, :, -4:, -4:] = torch.lerp(out[:, :, -4:, -4:], torch.ones_like(out[:, :, -4:, -4:]),
+                                         self.params.alpha)
+        return out
+
+
+SEEN = {}
+
+
+@DEFENSES.register("_test_cheater")
+class Cheater(Defense):
+    """Tries to read everything the protocol forbids, and records what happened."""
+
+    stage = "repair"
+
+    def run(self, ctx):
+        for name in ["test", "test_set", "poison_mask", "cover_mask", "target", "poison_ratio", "attack",
+                     "attack_name", "source_classes"]:
+            try:
+                getattr(ctx, name)
+                SEEN[name] = "GOT IT"
+            except ProtocolError as exc:
+                SEEN[name] = str(exc)
+        for name in ["reserve", "train"]:
+            try:
+                getattr(ctx, name)
+                SEEN[name] = "GOT IT"
+            except ProtocolError as exc:
+                SEEN[name] = str(exc)
+        SEEN["attrs"] = [a for a in dir(ctx) if not a.startswith("__")]
+        return DefenseOutput(ctx.model)
+
+
+@DEFENSES.register("_test_reserve_user")
+class ReserveUser(Defense):
+    """Declares an unlabeled reserve."""
+
+    stage = "repair"
+    needs_reserve = True
+    reserve_labels = False
+
+    def run(self, ctx):
+        SEEN["reserve_len"] = len(ctx.reserve)
+        SEEN["reserve_labels"] = ctx.reserve.y
+        return DefenseOutput(ctx.model)
+
+
+SPEC = dict(dataset="digits", model="cnn_tiny", attack="_test_stamp", poison_ratio=0.1,
+            dataset_params={"image_size": 16}, train={"epochs": 1, "batch_size": 64, "lr": 0.05})
+
+
+def test_cheating_defense_gets_errors_and_no_data():
+    SEEN.clear()
+    record, _ = execute(RunSpec(defense="_test_cheater", **SPEC))
+    for name in ["test", "test_set", "poison_mask", "cover_mask", "target", "poison_ratio", "attack",
+                 "attack_name", "source_classes"]:
+        assert SEEN[name] != "GOT IT", name
+        assert "fair protocol" in SEEN[name]
+    assert "did not declare needs_reserve" in SEEN["reserve"]
+    assert "did not declare needs_train" in SEEN["train"]
+    # nothing in the context's namespace carries test data or ground truth
+    for attr in SEEN["attrs"]:
+        assert not any(w in attr.lower() for w in ("test", "mask", "target", "ratio", "attack")), attr
+    assert record["status"] == "ok"
+
+
+def test_reserve_is_only_what_was_declared():
+    SEEN.clear()
+    record, _ = execute(RunSpec(defense="_test_reserve_user", **SPEC))
+    n_train = record["n_train"]
+    assert SEEN["reserve_len"] == int(0.05 * n_train)
+    assert SEEN["reserve_labels"] is None
+
+
+def test_poisoned_samples_keep_positions_and_8bit_grid():
+    cell = build_cell(RunSpec(defense="none", **SPEC))
+    data, mask = cell.poisoned.data, cell.poisoned.poison_mask
+    assert data.x.dtype == torch.uint8  # quantised exactly like clean images
+    assert len(data) == len(cell.bundle.train)  # nothing appended
+    unchanged = ~mask & ~cell.poisoned.cover_mask
+    assert torch.equal(data.x[unchanged], cell.bundle.train.x[unchanged])  # positions kept
+    # the index says nothing about poison: AUROC of "index" as a poison score is near chance
+    idx_score = torch.arange(len(mask)).float()
+    assert abs(auroc(idx_score, mask) - 0.5) < 0.1
+    # no value off the 8-bit grid: the float view times 255 is integral everywhere
+    xf = data.x.float() / 255
+    assert torch.equal((xf * 255).round(), xf * 255)
+
+
+def test_ratio_zero_cell_runs_end_to_end():
+    record, _ = execute(RunSpec(defense="none", **dict(SPEC, poison_ratio=0.0)))
+    assert record["n_poison"] == 0
+    assert 0 <= record["asr"] <= 1  # the trigger's chance-level ASR on a clean model
+    assert record["epochs_equiv"] == pytest.approx(1.0)
+
+
+def test_forbidden_names_cannot_be_placed_in_a_context():
+    cell = build_cell(RunSpec(defense="none", **SPEC))
+    ctx = build_context(DEFENSES.create("none"), cell, cell.new_model())
+    with pytest.raises(ProtocolError):
+        ctx.target = 1
