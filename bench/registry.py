@@ -65,7 +65,15 @@ class Entry:
         return text.splitlines()[0] if text else ""
 
     def make_params(self, **overrides) -> Any:
-        """Build the params dataclass with defaults, checking override names and types loosely."""
+        """Build the params dataclass: defaults, then a named preset (``preset="meca"``, from the
+        plug-in's ``presets`` dict), then explicit overrides; unknown names fail clearly."""
+        preset = overrides.pop("preset", None)
+        if preset is not None:
+            presets = getattr(self.obj, "presets", {}) or {}
+            if preset not in presets:
+                raise ParamsError(f"{self.name}: unknown preset '{preset}'. Known presets: "
+                                  f"{', '.join(sorted(presets)) or '(none)'}")
+            overrides = {**presets[preset], **overrides}
         if self.params_cls is None:
             if overrides:
                 raise ParamsError(f"{self.name} takes no parameters, got {sorted(overrides)}")

@@ -37,3 +37,48 @@ def toy_split(n: int = 64, size: int = 8, classes: int = 4, seed: int = 0):
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     y = torch.arange(n) % classes
     return Split(x, y)
+
+
+# -- a simple attack and a backdoored digits model shared by the plug-in tests --------------------
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+from bench.attack import Attack, AttackParams  # noqa: E402
+from bench.registry import ATTACKS  # noqa: E402
+
+
+@_dataclass
+class _PatchParams(AttackParams):
+    size: int = 4
+
+
+@ATTACKS.register("_test_patch")
+class TestPatchAttack(Attack):
+    """Test-only attack: a white square in the bottom-right corner, dirty label (an easy BadNet)."""
+
+    Params = _PatchParams
+
+    def apply_poison(self, x, idx):
+        out = x.clone()
+        out[:, :, -self.params.size:, -self.params.size:] = 1.0
+        return out
+
+
+BACKDOOR_SPEC = dict(dataset="digits", model="cnn_tiny", attack="_test_patch", poison_ratio=0.1,
+                     dataset_params={"image_size": 32},
+                     train={"epochs": 4, "batch_size": 64, "lr": 0.05, "schedule": "onecycle"},
+                     budget_scale=0.2)
+
+
+@pytest.fixture(scope="session")
+def backdoored_cell(tmp_path_factory):
+    """(cell, backdoored model, no-defense metrics) for an easy BadNet-like attack on digits 32 px,
+    trained once per test session. Use ``runner.build_context(defense, cell, model)`` to hand it
+    to a defense exactly as the runner would."""
+    from bench.runner import backdoored_model, build_cell
+    from bench.spec import RunSpec
+
+    cache = tmp_path_factory.mktemp("backdoor-cache")
+    spec = RunSpec(defense="none", **BACKDOOR_SPEC)
+    cell = build_cell(spec, cache_dir=cache)
+    model, meta = backdoored_model(cell, cache_dir=cache)
+    return cell, model, meta["metrics"]

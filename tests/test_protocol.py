@@ -128,3 +128,9 @@ def test_forbidden_names_cannot_be_placed_in_a_context():
     ctx = build_context(DEFENSES.create("none"), cell, cell.new_model())
     with pytest.raises(ProtocolError):
         ctx.target = 1
+
+
+def test_shared_backdoored_fixture_is_backdoored(backdoored_cell):
+    cell, model, nodef = backdoored_cell
+    assert nodef["acc"] > 0.8
+    assert nodef["asr"] > 0.8
