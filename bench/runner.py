@@ -140,7 +140,7 @@ def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]
         t0 = time.time()
         with engine.measure_cost(len(cell.poisoned.data)) as meter:
             engine.fit(model, cell.poisoned.data, cell.train_config, generator=generator(spec.seed, "train"),
-                       desc=f"backdoor {spec.attack}")
+                       desc=f"backdoor {spec.attack}", transform=cell.attack.train_transform())
         nodef = evaluate_model(model, cell.bundle.test, cell.triggered, cell.attack)
         meta = {"wall_s": time.time() - t0, "epochs_equiv": meter.epochs_equiv, "metrics": nodef,
                 "cell": spec.cell}
@@ -260,6 +260,8 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
         **environment(), "status": "ok", "error": None,
     }
     diagnostics = {"logs": ctx.logs, "sample_logs": ctx.sample_logs, "checkpoints": checkpoints,
+                   "scores": None if out.scores is None else out.scores.detach().float().cpu(),
+                   "flags": None if out.flags is None else out.flags.detach().bool().cpu(),
                    "poison_mask": cell.poisoned.poison_mask, "cover_mask": cell.poisoned.cover_mask}
     return record, diagnostics
 

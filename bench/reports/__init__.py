@@ -1,0 +1,1 @@
+"""Reports rebuilt from the tidy results table: paper tables, figures, leaderboard, HTML page."""

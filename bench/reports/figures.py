@@ -1,0 +1,233 @@
+"""Figures (PNG and PDF, seaborn): the MeCa paper's Figs. 4, 6 and 7 and the suite's own views.
+
+* ``fig4_kl_hist``: MeCa's round-1 KL-consistency scores, clean vs poisoned, one panel per attack;
+* ``fig6_enhancement``: ACC and ASR of MeCa's enhanced model after each enhancement round;
+* ``fig7_partition_rate``: ACC and ASR against MeCa's partition rate, one line per attack;
+* ``heatmap_asr`` / ``heatmap_acc_drop``: attack x defense;
+* ``scatter_acc_asr``: ACC vs ASR per defense with the Pareto front;
+* ``asr_vs_ratio``: ASR against the poison ratio, one line per defense;
+* ``roc``: detection ROC curves of defenses that score training samples.
+
+Per-sample data come from the diagnostics files the scheduler writes beside the records
+(``diagnostics/<run_id>.pt``); everything else from the tidy table.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+
+from bench.reports.tidy import label, one_variant_per_defense  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+
+
+def load_diagnostics(results_dir: Path, run_id: str) -> dict | None:
+    for path in (results_dir / "diagnostics" / f"{run_id}.pt",):
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=False)
+            except Exception:
+                return None
+    return None
+
+
+def _save(fig, folder: Path, stem: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{stem}.png", folder / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _attack_label(df):
+    return df["attack"].map(lambda a: label("attack", a))
+
+
+def fig4_kl_hist(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
+    rows = []
+    for _, r in df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)].iterrows():
+        diag = load_diagnostics(results_dir, r["run_id"])
+        if not diag or "kl_round1" not in diag.get("sample_logs", {}):
+            continue
+        kl = diag["sample_logs"]["kl_round1"].numpy()
+        mask = diag["poison_mask"].numpy().astype(bool)
+        rows.append(pd.DataFrame({"KL": np.log10(kl + 1e-8), "sample": np.where(mask, "poisoned", "clean"),
+                                  "attack": label("attack", r["attack"])}))
+    if not rows:
+        return []
+    data = pd.concat(rows)
+    g = sns.displot(data, x="KL", hue="sample", col="attack", col_wrap=min(4, data["attack"].nunique()),
+                    stat="density", common_norm=False, bins=40, element="step", height=2.6,
+                    facet_kws={"sharey": False}, palette={"clean": "#4C72B0", "poisoned": "#C44E52"})
+    g.set_axis_labels("log10 KL consistency score (round 1)", "density")
+    g.figure.suptitle("Fig. 4 — MeCa round-1 KL consistency of clean and poisoned training samples", y=1.03)
+    return _save(g.figure, out, "fig4_kl_hist")
+
+
+def fig6_enhancement(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
+    rows = []
+    for _, r in df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)].iterrows():
+        diag = load_diagnostics(results_dir, r["run_id"])
+        for cp in (diag or {}).get("checkpoints", []):
+            tag = str(cp.get("tag", ""))
+            if not tag.startswith("enhance"):
+                continue
+            digits = "".join(ch for ch in tag if ch.isdigit())
+            rnd = int(digits) if digits else 0
+            for metric in ("acc", "asr"):
+                rows.append({"round": rnd, "value": cp[metric] * 100, "metric": metric.upper(),
+                             "attack": label("attack", r["attack"])})
+    if not rows:
+        return []
+    data = pd.DataFrame(rows)
+    g = sns.relplot(data, x="round", y="value", hue="attack", col="metric", kind="line", marker="o",
+                    height=3, aspect=1.2, errorbar="sd")
+    g.set_axis_labels("enhancement round", "%")
+    g.figure.suptitle("Fig. 6 — ACC and ASR of the enhanced model over enhancement rounds", y=1.04)
+    return _save(g.figure, out, "fig6_enhancement")
+
+
+def fig7_partition_rate(df: pd.DataFrame, out: Path) -> list[Path]:
+    sel = df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)]
+    sel = sel[sel["defense_params"].map(lambda d: not d.get("relabel_relearn", False))]
+    sel = sel.assign(partition_rate=sel["defense_params"].map(lambda d: d.get("partition_rate")))
+    sel = sel.dropna(subset=["partition_rate"])
+    if sel["partition_rate"].nunique() < 2:
+        return []
+    long = sel.melt(id_vars=["partition_rate", "attack"], value_vars=["acc", "asr"], var_name="metric")
+    long = long.assign(value=long["value"] * 100, metric=long["metric"].str.upper(),
+                       attack=long["attack"].map(lambda a: label("attack", a)))
+    g = sns.relplot(long, x="partition_rate", y="value", hue="attack", col="metric", kind="line", marker="o",
+                    height=3, aspect=1.2, errorbar="sd")
+    g.set_axis_labels("partition rate", "%")
+    g.figure.suptitle("Fig. 7 — MeCa ACC and ASR against the partition rate", y=1.04)
+    return _save(g.figure, out, "fig7_partition_rate")
+
+
+def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
+    sel = one_variant_per_defense(df[df["poison_ratio"] > 0], exclude={"meca": {"relabel_relearn": True}})
+    if sel.empty:
+        return []
+    sel = sel.assign(acc_drop=(sel["acc_nodef"] - sel["acc"]) * 100, asr_pct=sel["asr"] * 100,
+                     A=_attack_label(sel), D=sel["defense"].map(lambda d: label("defense", d)))
+    paths = []
+    for col, stem, title, cmap in [("asr_pct", "heatmap_asr", "ASR after defense (%)", "Reds"),
+                                   ("acc_drop", "heatmap_acc_drop", "ACC drop vs no defense (points)", "Blues")]:
+        pivot = sel.pivot_table(index="A", columns="D", values=col, aggfunc="mean")
+        if pivot.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(1.0 + 0.8 * pivot.shape[1], 0.9 + 0.5 * pivot.shape[0]))
+        sns.heatmap(pivot, annot=True, fmt=".0f", cmap=cmap, cbar_kws={"label": title}, ax=ax, linewidths=0.5)
+        ax.set_xlabel("defense")
+        ax.set_ylabel("attack")
+        ax.set_title(title)
+        paths += _save(fig, out, stem)
+    return paths
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Indices of points not dominated in (high ACC, low ASR)."""
+    keep = []
+    for i, (acc, asr) in enumerate(points):
+        dominated = any((a >= acc and s <= asr) and (a > acc or s < asr) for j, (a, s) in enumerate(points) if j != i)
+        if not dominated:
+            keep.append(i)
+    return np.array(keep, dtype=int)
+
+
+def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
+    sel = one_variant_per_defense(df[df["poison_ratio"] > 0], exclude={"meca": {"relabel_relearn": True}})
+    if sel.empty:
+        return []
+    g = sel.groupby("defense").agg(acc=("acc", "mean"), asr=("asr", "mean")).dropna()
+    if g.empty:
+        return []
+    g = g * 100
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    sns.scatterplot(x=g["asr"], y=g["acc"], hue=[label("defense", d) for d in g.index], s=80, ax=ax)
+    front = g.iloc[pareto_front(g[["acc", "asr"]].to_numpy())].sort_values("asr")
+    ax.plot(front["asr"], front["acc"], "k--", lw=1, label="Pareto front")
+    for name, r in g.iterrows():
+        ax.annotate(label("defense", name), (r["asr"], r["acc"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mean ASR (%)  ← better")
+    ax.set_ylabel("mean clean ACC (%)  ↑ better")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("ACC vs ASR per defense (mean over attacked cells)")
+    return _save(fig, out, "scatter_acc_asr")
+
+
+def asr_vs_ratio(df: pd.DataFrame, out: Path) -> list[Path]:
+    sel = one_variant_per_defense(df, exclude={"meca": {"relabel_relearn": True}})
+    sel = sel[sel["asr"].notna()]
+    if sel["poison_ratio"].nunique() < 2:
+        return []
+    sel = sel.assign(ratio=sel["poison_ratio"] * 100, asr_pct=sel["asr"] * 100,
+                     D=sel["defense"].map(lambda d: label("defense", d)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(sel, x="ratio", y="asr_pct", hue="D", marker="o", errorbar="sd", ax=ax)
+    ax.set_xlabel("poison ratio (%)")
+    ax.set_ylabel("ASR (%)")
+    ax.set_title("ASR against poison ratio (ratio 0: the trigger on a clean model)")
+    ax.legend(fontsize=7, title="defense")
+    return _save(fig, out, "asr_vs_ratio")
+
+
+def roc_curves(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
+    from sklearn.metrics import roc_curve
+
+    curves = []
+    for _, r in df[(df["poison_ratio"] > 0) & df["auroc"].notna()].iterrows():
+        diag = load_diagnostics(results_dir, r["run_id"])
+        if not diag or diag.get("scores") is None:
+            continue
+        mask = diag["poison_mask"].numpy().astype(bool)
+        if mask.all() or not mask.any():
+            continue
+        fpr, tpr, _ = roc_curve(mask, diag["scores"].numpy())
+        curves.append((label("defense", r["defense"]), label("attack", r["attack"]), fpr, tpr, r["auroc"]))
+    if not curves:
+        return []
+    attacks = sorted({c[1] for c in curves})
+    ncol = min(4, len(attacks))
+    nrow = math.ceil(len(attacks) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3 * nrow), squeeze=False)
+    palette = dict(zip(sorted({c[0] for c in curves}), sns.color_palette("tab10")))
+    seen = set()
+    for d, a, fpr, tpr, auc in curves:
+        ax = axes.flat[attacks.index(a)]
+        key = (d, a)
+        ax.plot(fpr, tpr, color=palette[d], lw=1.2, label=f"{d} ({auc:.2f})" if key not in seen else None)
+        seen.add(key)
+        ax.set_title(a)
+    for ax in axes.flat:
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+        ax.set_xlabel("FPR")
+        ax.set_ylabel("TPR")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("Poison detection ROC (AUROC in brackets)")
+    fig.tight_layout()
+    return _save(fig, out, "roc")
+
+
+def all_figures(df: pd.DataFrame, results_dir: Path, out: Path) -> dict[str, list[Path]]:
+    figs = {
+        "fig4_kl_hist": fig4_kl_hist(df, results_dir, out),
+        "fig6_enhancement": fig6_enhancement(df, results_dir, out),
+        "fig7_partition_rate": fig7_partition_rate(df, out),
+        "heatmaps": heatmaps(df, out),
+        "scatter_acc_asr": scatter_acc_asr(df, out),
+        "asr_vs_ratio": asr_vs_ratio(df, out),
+        "roc": roc_curves(df, results_dir, out),
+    }
+    return {k: v for k, v in figs.items() if v}

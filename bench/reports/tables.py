@@ -1,0 +1,235 @@
+"""The MeCa paper's Tables II-VII (and extended versions) as Markdown, LaTeX and CSV.
+
+Every table is a :class:`Table`: row labels, column groups (a defense, a ratio, a model, ...),
+each with ACC and ASR sub-columns, cells ``mean ± std`` over seeds (``n`` in the caption), and
+"Average" rows per dataset. Cells that were not run are missing ("—"), never zero. Everything is
+computed from the tidy table; no number is typed in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.reports.tidy import fmt, label, main_model, mean_std, one_variant_per_defense
+
+TABLE2_ATTACKS = ["badnet", "blend", "sig", "wanet", "physicalba"]
+TABLE3_ATTACKS = ["tact", "adaptive_blend", "adaptive_patch"]
+ADAPTIVE_AND_CLASSIC = TABLE2_ATTACKS + TABLE3_ATTACKS
+PAPER_DEFENSES = ["none", "fine_tuning", "fine_pruning", "cutmix", "clp", "dbr", "scan_ft", "abl", "meca"]
+EXTRA_DEFENSES = ["nt_ml", "mcldef", "bcu"]
+DATASET_ORDER = ["imagenette", "cifar10", "cifar100", "tinyimagenet"]
+METRICS = ("acc", "asr")
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    row_names: list[str]                      # names of the row-label levels
+    rows: list[tuple]                         # row labels
+    columns: list[str]                        # column-group labels
+    cells: dict = field(default_factory=dict)  # (row, column, metric) -> (mean, std, n)
+
+    # -- numbers ----------------------------------------------------------------------------------
+    def mean(self, row, column, metric) -> float:
+        return self.cells.get((row, column, metric), (math.nan, math.nan, 0))[0]
+
+    def seeds(self) -> int:
+        ns = [c[2] for c in self.cells.values() if c[2]]
+        return max(ns) if ns else 0
+
+    def frame(self) -> pd.DataFrame:
+        """Numeric long form: one row per cell with mean, std and n (percentage points)."""
+        out = []
+        for (row, column, metric), (m, s, n) in self.cells.items():
+            out.append({**dict(zip(self.row_names, row)), "column": column, "metric": metric.upper(),
+                        "mean": m * 100 if n else np.nan, "std": s * 100 if n else np.nan, "n": n})
+        return pd.DataFrame(out)
+
+    # -- text -------------------------------------------------------------------------------------
+    def header(self) -> list[str]:
+        return [*self.row_names, *[f"{c} {m.upper()}" for c in self.columns for m in METRICS]]
+
+    def text_rows(self) -> list[list[str]]:
+        lines = []
+        for row in self.rows:
+            cells = [fmt(*self.cells.get((row, c, m), (math.nan, math.nan, 0))) for c in self.columns for m in METRICS]
+            lines.append([*row, *cells])
+        return lines
+
+    def markdown(self) -> str:
+        head = self.header()
+        out = [f"**{self.name}.** {self.caption} (n = {self.seeds()} seed(s) per cell; — = not run)", "",
+               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
+        return "\n".join(out) + "\n"
+
+    def latex(self) -> str:
+        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.caption)}}}",
+                 r"\begin{tabular}{" + "l" * len(self.row_names) + "rr" * len(self.columns) + "}", r"\toprule",
+                 " & ".join([""] * len(self.row_names) + [rf"\multicolumn{{2}}{{c}}{{{esc(c)}}}" for c in self.columns]) + r" \\",
+                 " & ".join([esc(n) for n in self.row_names] + ["ACC", "ASR"] * len(self.columns)) + r" \\", r"\midrule"]
+        for r in self.text_rows():
+            if r[len(self.row_names) - 1] == "Average":
+                lines.append(r"\midrule")
+            lines.append(" & ".join(esc(c) for c in r) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: Path, stem: str) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{stem}.md", folder / f"{stem}.tex", folder / f"{stem}.csv"]
+        paths[0].write_text(self.markdown())
+        paths[1].write_text(self.latex())
+        self.frame().to_csv(paths[2], index=False)
+        return paths
+
+
+def _cells(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, col_names: list[str],
+           row_order: list[tuple]) -> dict:
+    cells = {}
+    for key, part in df.groupby(row_cols + [col_col]):
+        row, col = tuple(key[:-1]), key[-1]
+        if col not in columns:
+            continue
+        for m in METRICS:
+            cells[(row, col_names[columns.index(col)], m)] = mean_std(part[m])
+    return cells
+
+
+def _add_averages(table: Table, group_level: int = 0) -> Table:
+    """Insert an "Average" row after each group of rows (per dataset), from the cell means."""
+    if len(table.row_names) < 2:
+        groups = {(): table.rows}
+    else:
+        groups = {}
+        for r in table.rows:
+            groups.setdefault(r[:group_level + 1], []).append(r)
+    rows = []
+    for prefix, members in groups.items():
+        rows += members
+        avg_row = (*prefix, "Average") if prefix else ("Average",)
+        for c in table.columns:
+            for m in METRICS:
+                means = [table.cells[(r, c, m)][0] for r in members if (r, c, m) in table.cells
+                         and not math.isnan(table.cells[(r, c, m)][0])]
+                if means:
+                    n = min(table.cells[(r, c, m)][2] for r in members if (r, c, m) in table.cells)
+                    table.cells[(avg_row, c, m)] = (float(np.mean(means)), 0.0, 1 if n else 0)
+        rows.append(avg_row)
+    table.rows = rows
+    return table
+
+
+def _ordered(values, order) -> list:
+    values = list(dict.fromkeys(values))
+    return [v for v in order if v in values] + sorted(v for v in values if v not in order)
+
+
+def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: list[str], defenses: list[str],
+                         ratio: float = 0.05, model: str | None = None) -> Table:
+    """Rows (dataset, attack), columns defenses (ACC, ASR): Tables II and III and their extensions."""
+    sel = df[df["attack"].isin(attacks) & np.isclose(df["poison_ratio"], ratio)]
+    model = model or main_model(sel)
+    sel = one_variant_per_defense(sel[sel["model"] == model], exclude={"meca": {"relabel_relearn": True}})
+    datasets = _ordered(sel["dataset"], DATASET_ORDER)
+    rows = [(label("dataset", d), label("attack", a)) for d in datasets for a in attacks
+            if ((sel["dataset"] == d) & (sel["attack"] == a)).any()]
+    sel = sel.assign(_d=sel["dataset"].map(lambda d: label("dataset", d)),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    cols = [label("defense", d) for d in defenses]
+    table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {ratio:g})",
+                  ["Dataset", "Attack"], rows, cols)
+    table.cells = _cells(sel, ["_d", "_a"], "defense", defenses, cols, rows)
+    return _add_averages(table)
+
+
+def meca_relabel_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
+    """Table IV: MeCa without and with relabel-and-relearn, rows (dataset, attack)."""
+    sel = df[(df["defense"] == "meca") & np.isclose(df["poison_ratio"], ratio)]
+    model = main_model(sel)
+    sel = sel[sel["model"] == model]
+    sel = sel.assign(_v=sel["defense_params"].map(lambda d: "with RR" if d.get("relabel_relearn") else "without RR"),
+                     _d=sel["dataset"].map(lambda d: label("dataset", d)),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    rows = [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER) for a in attacks
+            if ((sel["dataset"] == d) & (sel["attack"] == a)).any()]
+    cols = ["without RR", "with RR"]
+    table = Table("Table IV", f"MeCa without and with relabel-and-relearn ({label('model', model or '?')})",
+                  ["Dataset", "Attack"], rows, cols)
+    table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
+    return _add_averages(table)
+
+
+def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str = "meca") -> Table:
+    """Table V: a defense under poison ratios 10/15/20% (rows: attacks)."""
+    sel = one_variant_per_defense(df[df["defense"] == defense], exclude={"meca": {"relabel_relearn": True}})
+    model = main_model(sel)
+    sel = sel[(sel["model"] == model)]
+    sel = sel[sel["poison_ratio"].map(lambda r: any(np.isclose(r, x) for x in ratios))]
+    sel = sel.assign(_r=sel["poison_ratio"].map(lambda r: f"{r * 100:g}%"),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    rows = [(label("attack", a),) for a in attacks]
+    cols = [f"{r * 100:g}%" for r in ratios]
+    table = Table("Table V", f"{label('defense', defense)} under poison ratios {', '.join(cols)} "
+                  f"({label('model', model or '?')})", ["Attack"], rows, cols)
+    table.cells = _cells(sel, ["_a"], "_r", cols, cols, rows)
+    return _add_averages(table)
+
+
+def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: str = "meca",
+                ratio: float = 0.05) -> Table:
+    """Table VI: no defense and MeCa on other architectures (rows: attacks)."""
+    sel = df[df["model"].isin(models) & df["defense"].isin(["none", defense]) & np.isclose(df["poison_ratio"], ratio)]
+    sel = one_variant_per_defense(sel, exclude={"meca": {"relabel_relearn": True}})
+    sel = sel.assign(_c=sel["model"].map(lambda m: label("model", m)) + " " + sel["defense"].map(lambda d: label("defense", d)),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    cols = [f"{label('model', m)} {label('defense', d)}" for m in models for d in ("none", defense)]
+    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    rows = [(label("attack", a),) for a in attacks]
+    table = Table("Table VI", f"No defense and {label('defense', defense)} on other models", ["Attack"], rows, cols)
+    table.cells = _cells(sel, ["_a"], "_c", cols, cols, rows)
+    return _add_averages(table)
+
+
+def clean_vs_poisoned_table(df: pd.DataFrame, defense: str = "meca", ratio: float = 0.05) -> Table:
+    """Table VII: poisoned data without/with the defense, and the clean-data (ratio 0) rows."""
+    sel = df[df["defense"].isin(["none", defense])]
+    model = main_model(sel)
+    sel = one_variant_per_defense(sel[sel["model"] == model], exclude={"meca": {"relabel_relearn": True}})
+    sel = sel[np.isclose(sel["poison_ratio"], ratio) | np.isclose(sel["poison_ratio"], 0.0)]
+    sel = sel.assign(_data=np.where(np.isclose(sel["poison_ratio"], 0.0), "Clean data", "Poisoned data"),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    cols = ["No Defense", label("defense", defense)]
+    sel = sel.assign(_c=sel["defense"].map(lambda d: label("defense", d)))
+    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    rows = [(kind, label("attack", a)) for kind in ("Poisoned data", "Clean data") for a in attacks
+            if ((sel["_data"] == kind) & (sel["attack"] == a)).any()]
+    table = Table("Table VII", f"Poisoned (ratio {ratio:g}) vs clean data, without and with "
+                  f"{label('defense', defense)} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
+    table.cells = _cells(sel, ["_data", "_a"], "_c", ["No Defense", label("defense", defense)], cols, rows)
+    return _add_averages(table)
+
+
+def paper_tables(df: pd.DataFrame) -> dict[str, Table]:
+    """Every table, keyed by file stem; tables with no data at all are left out."""
+    tables = {
+        "table2": attack_defense_table(df, "Table II", "ACC/ASR (%) against classic attacks", TABLE2_ATTACKS, PAPER_DEFENSES),
+        "table2_extended": attack_defense_table(df, "Table II (extended)", "ACC/ASR (%) against classic attacks, "
+                                                "with the seed defenses", TABLE2_ATTACKS, PAPER_DEFENSES + EXTRA_DEFENSES),
+        "table3": attack_defense_table(df, "Table III", "ACC/ASR (%) against adaptive attacks", TABLE3_ATTACKS, PAPER_DEFENSES),
+        "table3_extended": attack_defense_table(df, "Table III (extended)", "ACC/ASR (%) against adaptive attacks, "
+                                                "with the seed defenses", TABLE3_ATTACKS, PAPER_DEFENSES + EXTRA_DEFENSES),
+        "table4": meca_relabel_table(df),
+        "table5": ratio_table(df),
+        "table6": model_table(df),
+        "table7": clean_vs_poisoned_table(df),
+    }
+    return {k: t for k, t in tables.items() if t.cells}

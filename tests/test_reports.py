@@ -1,0 +1,149 @@
+"""Reports from a synthetic tidy table: pivots, averages, missing cells, figures, compare."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.compare import assert_no_regression, compare
+from bench.report import build_report
+from bench.reports.leaderboard import leaderboard
+from bench.reports.tables import attack_defense_table, clean_vs_poisoned_table, paper_tables
+from bench.reports.tidy import normalise
+
+
+def _row(run_id, attack, defense, acc, asr, seed=0, ratio=0.05, dataset="cifar10", model="resnet18", params=None,
+         acc_nodef=0.90, asr_nodef=0.95):
+    from bench.metrics import der
+
+    return {"run_id": run_id, "suite": "t", "dataset": dataset, "model": model, "attack": attack,
+            "poison_ratio": ratio, "target": 1, "defense": defense, "seed": seed, "acc": acc, "asr": asr,
+            "ra": 0.5, "acc_nodef": acc_nodef, "asr_nodef": asr_nodef, "der": der(acc, asr, acc_nodef, asr_nodef),
+            "tpr": np.nan, "fpr": np.nan, "auroc": np.nan, "wall_s": 10.0, "epochs_equiv": 1.5, "status": "ok",
+            "error": None, "defense_params": json.dumps(params or {}), "attack_params": "{}"}
+
+
+@pytest.fixture
+def tidy():
+    rows = [
+        _row("a", "badnet", "none", 0.90, 0.95), _row("b", "badnet", "fine_tuning", 0.88, 0.50),
+        _row("c", "badnet", "fine_tuning", 0.86, 0.40, seed=1), _row("d", "blend", "none", 0.80, 1.00),
+        _row("e", "blend", "fine_tuning", 0.78, 0.90),
+        _row("f", "badnet", "meca", 0.85, 0.00, params={"relabel_relearn": False}),
+        _row("g", "badnet", "meca", 0.87, 0.00, params={"relabel_relearn": True}),
+        _row("h", "badnet", "none", 0.91, 0.10, ratio=0.0), _row("i", "badnet", "meca", 0.89, 0.05, ratio=0.0, params={"relabel_relearn": False},
+             acc_nodef=0.91, asr_nodef=0.10),
+        _row("x", "badnet", "clp", 0.5, 0.5),
+    ]
+    df = pd.DataFrame(rows)
+    df.loc[df.run_id == "x", "status"] = "failed"  # failed runs never enter a table
+    return df
+
+
+def test_table2_pivot_averages_and_missing(tidy):
+    t = attack_defense_table(normalise(tidy), "Table II", "t", ["badnet", "blend", "sig"],
+                             ["none", "fine_tuning", "clp", "meca"])
+    row = ("CIFAR10", "BadNet")
+    assert t.mean(row, "FineTuning", "acc") == pytest.approx(0.87)         # mean over two seeds
+    assert t.cells[(row, "FineTuning", "asr")][2] == 2
+    assert t.mean(("CIFAR10", "Average"), "FineTuning", "asr") == pytest.approx((0.45 + 0.90) / 2)
+    assert ("CIFAR10", "SIG") not in t.rows                                # never run: no row
+    assert (("CIFAR10", "Blend"), "MeCa", "acc") not in t.cells             # missing, not zero
+    md = t.markdown()
+    assert "87.00 ± 1.41" in md and "—" in md
+    assert t.mean(row, "MeCa", "acc") == pytest.approx(0.85)               # relabel variant excluded
+    assert (row, "CLP", "acc") not in t.cells                              # failed run left out
+    assert r"\begin{tabular}" in t.latex()
+
+
+def test_table7_clean_rows_and_all_tables(tidy):
+    t = clean_vs_poisoned_table(normalise(tidy))
+    assert t.mean(("Clean data", "BadNet"), "MeCa", "acc") == pytest.approx(0.89)
+    assert t.mean(("Poisoned data", "BadNet"), "No Defense", "asr") == pytest.approx(0.95)
+    tables = paper_tables(normalise(tidy))
+    assert {"table2", "table4", "table7"} <= set(tables)
+    t4 = tables["table4"]
+    assert t4.mean(("CIFAR10", "BadNet"), "with RR", "acc") == pytest.approx(0.87)
+
+
+def test_leaderboard_ranks_by_der(tidy):
+    board = leaderboard(normalise(tidy))
+    assert list(board["name"])[0] == "meca"
+    ft = board[board["name"] == "fine_tuning"].iloc[0]
+    assert ft["cells"] == 2 and ft["seeds"] == 2
+    assert ft["success rate"] == 0.0
+    assert board[board["name"] == "meca"].iloc[0]["clean ACC cost"] == pytest.approx(0.02)
+
+
+def _write_results(folder, df, with_diagnostics=True):
+    folder.mkdir(parents=True)
+    df.to_parquet(folder / "runs.parquet")
+    if with_diagnostics:
+        (folder / "diagnostics").mkdir()
+        g = torch.Generator().manual_seed(0)
+        mask = torch.rand(200, generator=g) < 0.1
+        for run_id in df[df.defense == "meca"].run_id:
+            torch.save({"sample_logs": {"kl_round1": torch.rand(200, generator=g) + (~mask).float()},
+                        "poison_mask": mask, "scores": mask.float() + torch.rand(200, generator=g),
+                        "checkpoints": [{"tag": f"enhance_round{k}", "acc": 0.9 - 0.1 * k, "asr": 0.5 + 0.1 * k}
+                                        for k in range(1, 4)]}, folder / "diagnostics" / f"{run_id}.pt")
+
+
+def test_report_writes_every_file(tmp_path, tidy):
+    df = tidy.copy()
+    df.loc[df.defense == "meca", "auroc"] = 0.9
+    _write_results(tmp_path / "res", df)
+    written = build_report(tmp_path / "res")
+    out = tmp_path / "res" / "report"
+    for name in ["table2.md", "table2.tex", "table2.csv", "leaderboard.md", "index.html",
+                 "fig4_kl_hist.png", "fig4_kl_hist.pdf", "fig6_enhancement.png", "heatmap_asr.png",
+                 "heatmap_acc_drop.png", "scatter_acc_asr.png", "asr_vs_ratio.png", "roc.png"]:
+        assert (out / name).exists() and (out / name).stat().st_size > 0, name
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == sum(
+        1 for paths in written["figures"].values() for p in paths if p.suffix == ".png")
+
+
+def test_compare_exit_codes(tmp_path, tidy):
+    _write_results(tmp_path / "base", tidy, with_diagnostics=False)
+    _write_results(tmp_path / "same", tidy, with_diagnostics=False)
+    worse = tidy.copy()
+    worse.loc[worse.run_id == "b", "asr"] += 0.10  # +10 points ASR in one cell
+    _write_results(tmp_path / "worse", worse, with_diagnostics=False)
+    cli = [sys.executable, "run_bench.py", "compare"]
+    assert subprocess.run(cli + [str(tmp_path / "base"), str(tmp_path / "same")]).returncode == 0
+    res = subprocess.run(cli + [str(tmp_path / "base"), str(tmp_path / "worse"), "--max-asr-increase", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "REGRESSIONS" in res.stdout
+    assert compare(tidy, worse, max_asr_increase=20).ok  # within a loose tolerance
+    fewer = tidy[tidy.run_id != "e"]
+    assert not compare(tidy, fewer).ok  # a missing cell fails
+    with pytest.raises(AssertionError, match="missing in candidate"):
+        assert_no_regression(tidy, fewer)
+
+
+def test_html_page_renders_in_a_headless_browser(tmp_path, tidy):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not browser:
+        pytest.skip("no headless chromium installed")
+    df = tidy.copy()
+    df.loc[df.defense == "meca", "auroc"] = 0.9
+    _write_results(tmp_path / "res", df)
+    build_report(tmp_path / "res")
+    page = tmp_path / "res" / "report" / "index.html"
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert "Leaderboard" in dom.stdout
+    n_imgs = (tmp_path / "res" / "report" / "index.html").read_text().count("<img")
+    assert n_imgs >= 5 and dom.stdout.count("<img") == n_imgs
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", "--window-size=1200,3000",
+                    page.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10000
