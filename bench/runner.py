@@ -55,6 +55,7 @@ class Cell:
     poisoned: PoisonedTrain
     triggered: TriggeredTest
     train_config: TrainConfig
+    nodef_metrics: dict | None = None
 
     def new_model(self, tag: str = "model") -> torch.nn.Module:
         torch.manual_seed(derive_seed(self.spec.seed, tag, self.spec.model))
@@ -123,30 +124,42 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]:
-    """The cell's backdoored model (trained once, then loaded from the artifact cache)."""
+    """The cell's backdoored model (trained once, then loaded from the artifact cache), with its
+    training cost and its no-defense metrics on this cell's test sets.
+
+    The cache is keyed by ``spec.model_id``: clean cells (ratio 0) of different attacks share
+    one model. The no-defense metrics depend on the cell's trigger, so they are evaluated per
+    cell (memoised in the process)."""
     spec = cell.spec
     cache = Path(cache_dir or default_cache_dir()) / "models"
-    path = cache / f"{spec.cell_id}.pt"
-    with file_lock(cache / f"{spec.cell_id}.lock"):
+    path = cache / f"{spec.model_id}.pt"
+    model = None
+    with file_lock(cache / f"{spec.model_id}.lock"):
         if path.exists():
             try:
                 blob = torch.load(path, weights_only=False)
                 model = cell.new_model()
                 model.load_state_dict(blob["state_dict"])
-                return model, dict(blob["meta"], cache_hit=True, artifact=path.name)
+                meta = dict(blob["meta"], cache_hit=True)
             except Exception:
                 path.unlink(missing_ok=True)
-        model = cell.new_model()
-        t0 = time.time()
-        with engine.measure_cost(len(cell.poisoned.data)) as meter:
-            engine.fit(model, cell.poisoned.data, cell.train_config, generator=generator(spec.seed, "train"),
-                       desc=f"backdoor {spec.attack}", transform=cell.attack.train_transform())
-        nodef = evaluate_model(model, cell.bundle.test, cell.triggered, cell.attack)
-        meta = {"wall_s": time.time() - t0, "epochs_equiv": meter.epochs_equiv, "metrics": nodef,
-                "cell": spec.cell}
-        model.cpu()
-        atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
-        return model, dict(meta, cache_hit=False, artifact=path.name)
+                model = None
+        if model is None:
+            model = cell.new_model()
+            t0 = time.time()
+            with engine.measure_cost(len(cell.poisoned.data)) as meter:
+                engine.fit(model, cell.poisoned.data, cell.train_config, generator=generator(spec.seed, "train"),
+                           transform=cell.attack.train_transform(), desc=f"backdoor {spec.attack}")
+            meta = {"wall_s": time.time() - t0, "epochs_equiv": meter.epochs_equiv, "model_id": spec.model_id,
+                    "cell": spec.cell}
+            model.cpu()
+            atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
+            meta = dict(meta, cache_hit=False)
+    meta["artifact"] = path.name
+    if cell.nodef_metrics is None:
+        cell.nodef_metrics = evaluate_model(model, cell.bundle.test, cell.triggered, cell.attack)
+    meta["metrics"] = cell.nodef_metrics
+    return model, meta
 
 
 # -- the defense context --------------------------------------------------------------------------
@@ -216,8 +229,10 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
     defense = DEFENSES.create(spec.defense, **spec.defense_params)
     defense.check(CellInfo(cell.bundle.num_classes, cell.bundle.image_shape, len(cell.bundle.train),
                            spec.model, spec.reserve_fraction))
-    bd_model, bd_meta = backdoored_model(cell, cache_dir)
-    nodef = bd_meta["metrics"]
+    # A training-time defense does not use the backdoored model: it runs first and the cell's
+    # no-defense numbers are fetched afterwards (the scheduler runs it beside the backdoor job).
+    train_stage = defense.declaration()["stage"] == "train"
+    bd_model, bd_meta = (None, None) if train_stage else backdoored_model(cell, cache_dir)
     checkpoints: list[dict] = []
 
     def checkpoint_cb(tag: str, model: torch.nn.Module) -> None:
@@ -229,6 +244,9 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
     with engine.measure_cost(len(cell.poisoned.data)) as meter:
         out: DefenseOutput = defense.run(ctx)
     defense_wall = time.time() - t0
+    if bd_meta is None:
+        _, bd_meta = backdoored_model(cell, cache_dir)
+    nodef = bd_meta["metrics"]
     if spec.defense == "none":  # the no-defense row: the backdoor training is its cost
         result, cost, wall = dict(nodef), bd_meta["epochs_equiv"], bd_meta["wall_s"]
     else:

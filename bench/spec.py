@@ -73,6 +73,16 @@ class RunSpec:
     def cell_id(self) -> str:
         return stable_hash(self.cell)
 
+    @property
+    def model_id(self) -> str:
+        """Names the trained (backdoored) model. A clean cell (ratio 0) trains on unpoisoned data,
+        so its model does not depend on the attack: all clean cells of a (dataset, model, seed)
+        share one training; the attack still decides the triggered test set."""
+        d = self.cell
+        if self.poison_ratio == 0:
+            d["attack"], d["attack_params"] = "(clean)", {}
+        return stable_hash(d)
+
     def label(self) -> str:
         return (f"{self.dataset}/{self.model}/{self.attack}@{self.poison_ratio:g}/"
                 f"{self.defense}/seed{self.seed}")

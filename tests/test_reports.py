@@ -147,3 +147,12 @@ def test_html_page_renders_in_a_headless_browser(tmp_path, tidy):
                     f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", "--window-size=1200,3000",
                     page.as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10000
+
+
+def test_oracle_runs_are_shown_separately(tidy):
+    df = tidy.copy()
+    extra = _row("o", "badnet", "mcldef", 0.85, 0.01, params={"oracle_target": 1})
+    plain = _row("p", "badnet", "mcldef", 0.85, 0.30, params={"oracle_target": None})
+    df = pd.concat([df, pd.DataFrame([extra, plain])])
+    board = leaderboard(normalise(df))
+    assert {"MCLDef", "MCLDef (oracle)"} <= set(board["defense"])

@@ -29,10 +29,21 @@ MODEL_LABELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "mobilenetv2": "
                 "cnn_small": "SmallCNN", "cnn_tiny": "TinyCNN"}
 
 
+ORACLE_SUFFIX = "+oracle"
+
+
 def label(kind: str, name: str) -> str:
     table = {"defense": DEFENSE_LABELS, "attack": ATTACK_LABELS, "dataset": DATASET_LABELS,
              "model": MODEL_LABELS}[kind]
+    if kind == "defense" and str(name).endswith(ORACLE_SUFFIX):
+        return f"{table.get(name[:-len(ORACLE_SUFFIX)], name[:-len(ORACLE_SUFFIX)])} (oracle)"
     return table.get(name, name)
+
+
+def uses_oracle(params: dict) -> bool:
+    """True when any ``oracle_*`` parameter is set (not None/False/0): the run had knowledge a
+    defender lacks, and every report shows it as a separate '(oracle)' entry."""
+    return any(k.startswith("oracle_") and v not in (None, False, 0, "", []) for k, v in params.items())
 
 
 def _records_frame(records_dir: Path) -> pd.DataFrame:
@@ -88,6 +99,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     df["defense_params"] = df["defense_params"].map(_as_dict)
     df["params_key"] = df["defense_params"].map(lambda d: json.dumps(d, sort_keys=True))
+    oracle = df["defense_params"].map(uses_oracle) if len(df) else pd.Series(dtype=bool)
+    if len(df) and oracle.any():
+        df.loc[oracle, "defense"] = df.loc[oracle, "defense"].astype(str) + ORACLE_SUFFIX
     return df
 
 
@@ -96,7 +110,8 @@ def default_params_key(defense: str) -> str | None:
     try:
         from bench.registry import DEFENSES, params_to_dict
 
-        return json.dumps(params_to_dict(DEFENSES.get(defense).make_params()), sort_keys=True)
+        name = defense[:-len(ORACLE_SUFFIX)] if defense.endswith(ORACLE_SUFFIX) else defense
+        return json.dumps(params_to_dict(DEFENSES.get(name).make_params()), sort_keys=True)
     except Exception:
         return None
 
