@@ -125,6 +125,12 @@ class Attack:
         """Attack-specific metrics (e.g. PhysicalBA's physical ASR) from a predict function."""
         return {}
 
+    def train_transform(self) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+        """A transform ``(x, generator) -> x`` that the attacker's training pipeline applies to every
+        float batch after the standard augmentation, during the backdoor training only (PhysicalBA's
+        physical transforms). None (the default): no extra transform."""
+        return None
+
     # -- validation -----------------------------------------------------------------------------
     def check(self, num_classes: int, labels: torch.Tensor | None, image_shape, ratio: float) -> None:
         """Refuse settings that cannot work, before any compute."""

@@ -193,6 +193,18 @@ class NoParams:
     """No parameters."""
 
 
+class _class_or_instance_method:
+    """Like ``classmethod``, but bound to the instance when called on one."""
+
+    def __init__(self, func):
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, owner=None):
+        target = obj if obj is not None else owner
+        return lambda *a, **k: self.__func__(target, *a, **k)
+
+
 class Defense:
     """Base class of defense plug-ins (see the module docstring)."""
 
@@ -207,8 +219,11 @@ class Defense:
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
 
-    @classmethod
+    @_class_or_instance_method
     def declaration(cls) -> dict:
+        """What the defense is handed. Called on an instance, instance attributes win, so a
+        defense whose needs depend on its params (e.g. CLP needs the reserve only when it
+        repairs) sets ``self.needs_reserve`` in ``__init__``."""
         return {"stage": cls.stage, "needs_train": cls.needs_train or cls.stage == "train",
                 "needs_reserve": cls.needs_reserve, "reserve_labels": cls.reserve_labels,
                 "detects": cls.detects}

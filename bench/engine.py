@@ -153,7 +153,7 @@ class TrainConfig:
 
     epochs: float = 100
     batch_size: int = 128
-    optimizer: str = "sgd"                      # sgd | adam
+    optimizer: str = "sgd"                      # sgd | adam | radam
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -174,8 +174,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        if self.optimizer not in ("sgd", "adam", "radam"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'radam', got '{self.optimizer}'")
         if self.schedule not in ("cosine", "step", "onecycle", "constant"):
             raise ValueError(f"schedule must be cosine|step|onecycle|constant, got '{self.schedule}'")
         if self.lr <= 0:
@@ -209,6 +209,8 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> to
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "radam":  # Narcissus' warm-up and trigger synthesis
+        return torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
 
@@ -245,11 +247,16 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
         loss_fn: LossFn | None = None, generator: torch.Generator | None = None,
         params: Iterable[torch.nn.Parameter] | None = None,
         indices: torch.Tensor | None = None,
-        on_epoch_end: Callable[[int], None] | None = None, desc: str = "train") -> FitResult:
+        on_epoch_end: Callable[[int], bool | None] | None = None, desc: str = "train",
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> FitResult:
     """Train ``model`` on ``data`` (optionally only on ``indices``) with the recipe ``cfg``.
 
     ``model`` may be a list of modules trained together (mutual learning); ``loss_fn`` then
     receives the list. ``params`` overrides which parameters the optimizer updates.
+    ``on_epoch_end(epoch)`` runs after every epoch; returning ``True`` stops the run there (early
+    stopping, e.g. Neural Cleanse's patience), and ``FitResult.epochs`` then holds the epochs run.
+    ``transform(x, generator)``, if given, runs on every float batch after the standard
+    augmentation (an attack's training-time transform, e.g. PhysicalBA's physical transforms).
     """
     cfg.validate()
     models = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -293,6 +300,8 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
             x = x_all[idx_dev].float().div_(255.0)
             if cfg.augment:
                 x = augment(x, g, cfg.crop_padding, cfg.flip)
+            if transform is not None:
+                x = transform(x, g)
             if dev.type == "cuda" and _RUNTIME.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             batch = Batch(x, None if y_all is None else y_all[idx_dev], idx, epoch, step, progress)
@@ -313,9 +322,10 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
             step += 1
             bar.update(1)
         result.losses.append(epoch_loss / max(1, epoch_steps))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
         epoch += 1
+        if on_epoch_end is not None and on_epoch_end(epoch - 1) is True:
+            result.epochs = epoch  # the callback asked for an early stop
+            break
     bar.close()
     for m in models:
         m.eval()

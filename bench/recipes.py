@@ -39,12 +39,15 @@ def ascent_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def unlearn(model: nn.Module, data: Split, indices: torch.Tensor, budget: Budget,
             generator: torch.Generator, *, epochs: float = 5, lr: float = 5e-4, batch_size: int = 128,
-            augment: bool = False, optimizer: str = "sgd", desc: str = "unlearn") -> nn.Module:
-    """Gradient ascent on CE over ``data[indices]`` (ABL's unlearning: SGD lr 5e-4, 5 epochs)."""
+            augment: bool = False, optimizer: str = "sgd", weight_decay: float = 5e-4,
+            nesterov: bool = False, desc: str = "unlearn") -> nn.Module:
+    """Gradient ascent on CE over ``data[indices]`` (ABL's unlearning: SGD lr 5e-4, 5 epochs;
+    ABL's official code also uses weight decay 1e-4 and Nesterov momentum)."""
     if len(indices) == 0:
         return model
     cfg = TrainConfig(epochs=budget.epochs(epochs), batch_size=batch_size, optimizer=optimizer, lr=lr,
-                      momentum=0.9, weight_decay=5e-4, schedule="constant", augment=augment)
+                      momentum=0.9, nesterov=nesterov, weight_decay=weight_decay, schedule="constant",
+                      augment=augment)
     engine.fit(model, data, cfg, loss_fn=ascent_loss, generator=generator, indices=indices, desc=desc)
     return model
 
