@@ -1,0 +1,73 @@
+"""Every shell and Python block in README.md and docs/ runs, unless marked as not run with a reason.
+
+A block is skipped only when the line before its opening fence is ``<!-- not run: reason -->``.
+Python blocks of one file run in order in one module namespace; ``bash`` blocks run in the
+repository root with a time limit.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\s*$")
+NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->")
+
+
+def blocks(path: Path):
+    """(language, code, skip reason or None, line number) of every fenced block."""
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if m and m.group(1):
+            lang, start = m.group(1), i
+            prev = lines[i - 1] if i else ""
+            reason = NOT_RUN.search(prev)
+            body = []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            yield lang, "\n".join(body), reason.group(1) if reason else None, start + 1
+        i += 1
+
+
+def _ids(path):
+    return path.relative_to(ROOT).as_posix()
+
+
+@pytest.mark.parametrize("path", DOCS, ids=_ids)
+def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    module = types.ModuleType(f"docs_{path.stem}")
+    sys.modules[module.__name__] = module
+    try:
+        for lang, code, reason, line in blocks(path):
+            if reason:
+                continue
+            if lang == "python":
+                exec(compile(code, f"{path.name}:{line}", "exec"), module.__dict__)
+            elif lang in ("bash", "sh", "shell"):
+                res = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=600)
+                assert res.returncode == 0, f"{path.name}:{line} failed:\n{res.stdout}\n{res.stderr}"
+            elif lang in ("toml", "text", "json", "console", "yaml"):
+                continue  # data, not code
+            else:
+                pytest.fail(f"{path.name}:{line}: block in '{lang}' is neither run nor marked '<!-- not run: ... -->'")
+    finally:
+        sys.modules.pop(module.__name__, None)
+
+
+def test_not_run_markers_give_reasons():
+    for path in DOCS:
+        for lang, code, reason, line in blocks(path):
+            if reason is not None:
+                assert len(reason) > 10, f"{path.name}:{line}: say why the block is not run"
