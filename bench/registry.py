@@ -180,15 +180,21 @@ class Registry:
                 self.add(ep.name, obj, source="entry-point")
 
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._entries)
+        """Registered names (built-in and entry-point plug-ins; see :meth:`list`)."""
+        return self.list("*")
 
     def list(self, pattern: str | Iterable[str] = "*", **metadata_filter) -> list[str]:
-        """Names matching a wildcard (or any of several) and metadata equal to the filter."""
+        """Names matching a wildcard (or any of several) and metadata equal to the filter.
+
+        Only registered entries (built-in and entry-point plug-ins) are listed: an object resolved
+        on demand from a ``module:Object`` path or a ``prefix:name`` is never matched by a wildcard,
+        so a suite's ``"*"`` means the same thing whatever was looked up earlier in the process."""
         self._load()
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         out = []
         for name, entry in sorted(self._entries.items()):
+            if entry.source in ("path", "prefix"):
+                continue
             if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
                 continue
             if any(entry.metadata.get(k) != v for k, v in metadata_filter.items()):

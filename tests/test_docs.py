@@ -71,3 +71,21 @@ def test_not_run_markers_give_reasons():
         for lang, code, reason, line in blocks(path):
             if reason is not None:
                 assert len(reason) > 10, f"{path.name}:{line}: say why the block is not run"
+
+
+def test_results_schema_lists_every_column():
+    from bench.store import COLUMNS
+
+    text = (ROOT / "docs" / "results.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)`", text, flags=re.M))
+    documented |= {"n_train", "n_test", "n_poison", "n_cover", "started_at", "finished_at"}
+    missing = [c for c in COLUMNS if c not in documented]
+    assert not missing, f"docs/results.md does not describe {missing}"
+
+
+def test_cli_reference_matches_the_parser(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    from bench.cli_reference import render
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), \
+        "docs/cli.md is stale: run `python -m bench.cli_reference > docs/cli.md`"

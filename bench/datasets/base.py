@@ -77,7 +77,7 @@ _HASH_MEMO = "file-hashes.json"
 
 def _file_digest(path: Path, memo: dict) -> str:
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"  # abspath: resolve() is slow on 100k files
     if key in memo:
         return memo[key]
     h = hashlib.sha256()

@@ -99,7 +99,7 @@ def fig6_enhancement(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Pat
 
 def fig7_partition_rate(df: pd.DataFrame, out: Path) -> list[Path]:
     sel = df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)]
-    sel = sel[sel["defense_params"].map(lambda d: not d.get("relabel_relearn", False))]
+    sel = sel[np.array([not d.get("relabel_relearn", False) for d in sel["defense_params"]], dtype=bool)]
     sel = sel.assign(partition_rate=sel["defense_params"].map(lambda d: d.get("partition_rate")))
     sel = sel.dropna(subset=["partition_rate"])
     if sel["partition_rate"].nunique() < 2:

@@ -172,7 +172,7 @@ def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str = "mec
     sel = one_variant_per_defense(df[df["defense"] == defense], exclude={"meca": {"relabel_relearn": True}})
     model = main_model(sel)
     sel = sel[(sel["model"] == model)]
-    sel = sel[sel["poison_ratio"].map(lambda r: any(np.isclose(r, x) for x in ratios))]
+    sel = sel[np.isclose(sel["poison_ratio"].to_numpy(float)[:, None], np.asarray(ratios, float)[None, :]).any(1)]
     sel = sel.assign(_r=sel["poison_ratio"].map(lambda r: f"{r * 100:g}%"),
                      _a=sel["attack"].map(lambda a: label("attack", a)))
     attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)

@@ -1,0 +1,171 @@
+"""Suite files: loading, expansion (wildcards, presets, target, exclusions, blocks), filters,
+validation, and the shipped suites."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+
+from bench.registry import ATTACKS, DEFENSES
+from bench.suite import (SuiteError, apply_filters, expand, list_suites, load_suite, suite_from_dict,
+                         validate)
+
+SHIPPED = ["smoke", "cifar10-cpu-quick", "cifar10-cpu", "meca-table2", "meca-table3", "meca-table4",
+           "meca-table5", "meca-table6", "meca-table7", "meca-fig7"]
+
+
+def toml(tmp_path, body: str, name="s.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+BASE = """
+datasets = [{name = "digits", params = {image_size = 16}}]
+models = ["cnn_tiny"]
+seeds = [0]
+budget = {epochs = 1, scale = 0.1, n_train = 200}
+"""
+
+
+def test_list_suites_has_the_shipped_suites_with_descriptions():
+    suites = dict(list_suites())
+    for name in SHIPPED:
+        assert name in suites and suites[name], name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_suites_expand_and_name_only_registered_plugins(name):
+    suite = load_suite(name)
+    specs = expand(suite)
+    assert specs and len({s.run_id for s in specs}) == len(specs)
+    assert all(s.suite == name for s in specs)
+    # names and parameters are valid (data presence is not checked here: no CIFAR in tests)
+    problems = validate(specs, check_data=False)
+    assert problems == [], "\n".join(problems)
+
+
+def test_smoke_suite_is_offline_and_fully_valid(tmp_path):
+    specs = expand(load_suite("smoke"))
+    assert {s.dataset for s in specs} == {"digits"}
+    labels = {ATTACKS.get(s.attack).obj.label_mode for s in specs if s.defense != "none"}
+    assert {"dirty", "clean"} <= labels
+    # every registered (public) defense runs against the dirty- and the clean-label attack
+    public = {d for d in DEFENSES.names() if not d.startswith("_")}
+    for mode in ("dirty", "clean"):
+        assert {s.defense for s in specs if ATTACKS.get(s.attack).obj.label_mode == mode} >= public
+    assert validate(specs, cache_dir=tmp_path / "cache") == []
+
+
+def test_meca_suites_use_the_paper_settings():
+    t2 = expand(load_suite("meca-table2"))
+    assert {s.dataset for s in t2} == {"cifar10", "cifar100", "tinyimagenet", "imagenette"}
+    assert {s.attack for s in t2} == {"badnet", "blend", "sig", "wanet", "physicalba"}
+    assert {s.defense for s in t2} == {"none", "fine_tuning", "fine_pruning", "cutmix", "clp", "dbr", "scan_ft",
+                                       "abl", "meca", "nt_ml", "mcldef", "bcu"}
+    assert {s.model for s in t2} == {"resnet18"} and {s.poison_ratio for s in t2} == {0.05}
+    assert all(s.attack_params.get("target") == 1 for s in t2)
+    assert all(s.attack_params.get("preset") == "meca" for s in t2 if "meca" in (getattr(ATTACKS.get(s.attack).obj, "presets", None) or {}))
+    assert {s.poison_ratio for s in expand(load_suite("meca-table5"))} == {0.10, 0.15, 0.20}
+    assert {s.poison_ratio for s in expand(load_suite("meca-table7"))} == {0.0, 0.05}
+    assert {s.model for s in expand(load_suite("meca-table6"))} == {"resnet34", "mobilenetv2"}
+    rr = {s.defense_params.get("relabel_relearn") for s in expand(load_suite("meca-table4")) if s.defense == "meca"}
+    assert rr == {None, True}
+    rates = {s.defense_params.get("partition_rate", 0.05) for s in expand(load_suite("meca-fig7"))
+             if s.defense == "meca"}
+    assert rates == {0.01, 0.02, 0.03, 0.05, 0.10}
+    quick = expand(load_suite("cifar10-cpu-quick"))
+    assert {s.poison_ratio for s in quick} == {0.0, 0.05} and {s.seed for s in quick} == {0, 1}
+    assert {s.attack for s in expand(load_suite("cifar10-cpu"))} == set(ATTACKS.list("*")) - {"clean"} - {
+        n for n in ATTACKS.names() if n.startswith("_")}
+
+
+def test_wildcards_exclusions_blocks_and_preset(tmp_path):
+    @dataclass
+    class P:
+        target: int = 1
+        alpha: float = 0.5
+
+    class WithPreset:
+        """test attack with a preset"""
+        Params = P
+        label_mode = "dirty"
+        presets = {"paper": {"alpha": 0.2}}
+
+    ATTACKS.add("_suite_a", WithPreset)
+    suite = load_suite(toml(tmp_path, BASE + """
+        attacks = ["_suite_*", "clean", "!clean"]
+        ratios = [0.1, 0.2]
+        defenses = ["*", "!none"]
+        target = 3
+        preset = "paper"
+        [[exclude]]
+        ratio = 0.2
+        defense = "fine*"
+        [[grid]]
+        [[grid]]
+        attacks = ["clean"]
+        ratios = [0.0]
+        defenses = ["none"]
+    """))
+    specs = expand(suite)
+    a = [s for s in specs if s.attack == "_suite_a"]
+    assert a and all(s.attack_params == {"preset": "paper", "target": 3} for s in a)
+    assert not any(s.defense == "none" for s in a)
+    assert not any(s.poison_ratio == 0.2 and s.defense.startswith("fine") for s in a)
+    assert not any(s.defense.startswith("_") for s in specs)          # private plug-ins need "_" patterns
+    clean = [s for s in specs if s.attack == "clean"]
+    assert len(clean) == 1 and clean[0].attack_params == {} and clean[0].defense == "none"
+    assert a[0].train == {"epochs": 1} and a[0].budget_scale == 0.1 and a[0].n_train == 200
+
+
+def test_filters_narrow_and_refuse_values_not_in_the_suite(tmp_path):
+    specs = expand(load_suite(toml(tmp_path, BASE.replace("seeds = [0]", "seeds = [0, 1]") + """
+        attacks = ["badnet", "sig"]
+        ratios = [0.05, 0.08]
+        defenses = ["none", "fine_tuning"]
+    """)))
+    assert len(specs) == 16
+    out = apply_filters(specs, attacks="sig", defenses=["none"], ratios="0.08", seeds="1")
+    assert len(out) == 1 and out[0].attack == "sig" and out[0].seed == 1
+    assert len(apply_filters(specs, defenses="fine*,none")) == 16
+    with pytest.raises(SuiteError) as exc:
+        apply_filters(specs, attacks="wanet", seeds="7")
+    assert len(exc.value.problems) == 2
+
+
+def test_malformed_and_structurally_wrong_suites_list_every_problem(tmp_path):
+    with pytest.raises(SuiteError, match="malformed TOML"):
+        load_suite(toml(tmp_path, "datasets = [", "m.toml"))
+    with pytest.raises(SuiteError) as exc:
+        load_suite(toml(tmp_path, """
+            datasets = ["digits"]
+            models = []
+            attacks = [{params = {}}]
+            seeds = [-1]
+            defenses = ["none"]
+            colour = "blue"
+            budget = {epochs = 0, speed = 2}
+        """, "w.toml"))
+    text = str(exc.value)
+    for needle in ("ratios", "models", "needs a 'name'", "seed -1", "colour", "epochs", "speed"):
+        assert needle in text, needle
+    with pytest.raises(SuiteError, match="Did you mean"):
+        load_suite("smok")
+
+
+def test_validation_collects_names_params_ratios_and_cell_checks(tmp_path):
+    suite = suite_from_dict({
+        "datasets": ["digits", "nosuchdata"], "models": ["cnn_tiny", "nosuchnet"],
+        "attacks": ["badnet", {"name": "sig", "params": {"delta": "x", "nosuchparam": 1}}, "badnett"],
+        "ratios": [0.3, 1.2], "seeds": [0], "defenses": ["none", "fine_tuning", {"name": "meca", "params": {"bogus": 1}}],
+        "budget": {"n_train": 500}, "reserve_fraction": 0.001,
+    })
+    specs = expand(suite)
+    problems = validate(specs, cache_dir=tmp_path / "cache")
+    text = "\n".join(problems)
+    for needle in ("nosuchdata", "nosuchnet", "nosuchparam", "badnett", "Did you mean", "1.2", "bogus",
+                   "reserve"):
+        assert needle in text, (needle, text)
+    assert len(problems) == len(set(problems))
