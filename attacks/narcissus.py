@@ -56,7 +56,7 @@ from bench import engine
 from bench import surrogate as sg
 from bench.attack import Attack, AttackParams
 from bench.engine import TrainConfig
-from bench.registry import ATTACKS
+from bench.registry import ATTACKS, require_positive
 
 
 @dataclass
@@ -84,9 +84,7 @@ class NarcissusParams(AttackParams):
                              f"out-of-distribution datasets are not implemented), got '{self.pood}'")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0 (0 skips the warm-up), got {self.warmup_epochs}")
-        for name in ("trigger_epochs", "warmup_lr", "trigger_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "trigger_epochs", "warmup_lr", "trigger_lr")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.cover_rate != 0:

@@ -78,11 +78,7 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def bottom_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the ``k`` lowest scores (ties: lower index first)."""
-    mask = torch.zeros(len(scores), dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(scores.double(), descending=False, stable=True).indices
-        mask[order[:k]] = True
-    return mask
+    return top_k_mask(-scores.double(), k)
 
 
 # -- transforms -----------------------------------------------------------------------------------

@@ -104,6 +104,15 @@ def build_params(params_cls: type, overrides: dict, owner: str = "") -> Any:
     return params
 
 
+def require_positive(params: Any, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value is not > 0 (NaN included);
+    for the ``validate()`` of params dataclasses."""
+    for name in names:
+        value = getattr(params, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
 def params_to_dict(params: Any) -> dict:
     return {} if params is None else dataclasses.asdict(params)
 

@@ -11,15 +11,12 @@ machine sharing the folder) reuses one training.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
+import dataclasses
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,7 +34,8 @@ from bench.engine import TrainConfig
 from bench.evaluate import evaluate_model
 from bench.models import create_model
 from bench.registry import ATTACKS, DEFENSES, build_params, params_to_dict
-from bench.spec import RunSpec, derive_seed
+from bench.spec import RunSpec, derive_seed, stable_hash
+from bench.store import atomic_torch_save, exclusive_lock
 
 
 def generator(seed: int, *tags) -> torch.Generator:
@@ -104,23 +102,8 @@ def build_cell(spec: RunSpec, data_root=None, cache_dir=None) -> Cell:
 
 
 # -- artifact cache -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# (locks and atomic writes are the store's: one implementation for records and artifacts)
+file_lock = exclusive_lock
 
 
 def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]:
@@ -149,7 +132,9 @@ def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]
             t0 = time.time()
             with engine.measure_cost(len(cell.poisoned.data)) as meter:
                 engine.fit(model, cell.poisoned.data, cell.train_config, generator=generator(spec.seed, "train"),
-                           transform=cell.attack.train_transform(), desc=f"backdoor {spec.attack}")
+                           # a clean cell's model is shared by every attack: no attacker's pipeline
+                           transform=cell.attack.train_transform() if spec.poison_ratio > 0 else None,
+                           desc=f"backdoor {spec.attack}")
             meta = {"wall_s": time.time() - t0, "epochs_equiv": meter.epochs_equiv, "model_id": spec.model_id,
                     "cell": spec.cell}
             model.cpu()
@@ -169,10 +154,15 @@ def reserve_indices(n_train: int, fraction: float, seed: int) -> torch.Tensor:
     return torch.randperm(n_train, generator=generator(seed, "reserve"))[:k].sort().values
 
 
-def build_context(defense, cell: Cell, model: torch.nn.Module | None,
-                  checkpoint_cb=None) -> DefenseContext:
-    """The defense's context, holding exactly what its class declares."""
-    spec = cell.spec
+def build_context(defense, cell: Cell, model: torch.nn.Module | None, checkpoint_cb=None,
+                  spec: RunSpec | None = None) -> DefenseContext:
+    """The defense's context for the run ``spec``, holding exactly what its class declares.
+
+    The defense fields (defense, budget, reserve fraction) come from the run's ``spec``; runs
+    always pass it, since a memoised cell serves every defense of the cell and ``cell.spec`` (the
+    default, for tests that build a cell for one defense) is whichever run built it: a run's
+    numbers must not depend on what ran before it in the process."""
+    spec = spec or cell.spec
     decl = defense.declaration()
     reserve = None
     if decl["needs_reserve"]:
@@ -222,6 +212,71 @@ def environment() -> dict:
             "code_version": code, "host": platform.node()}
 
 
+# -- running a defense (and reusing its output on clean cells) ------------------------------------
+@dataclass
+class DefenseRun:
+    """What a defense produced, with its measured cost. ``checkpoints`` are the intermediate models
+    it asked the evaluator to measure; ``artifact``/``cache_hit`` say whether the output was reused."""
+
+    output: DefenseOutput
+    logs: dict
+    sample_logs: dict
+    checkpoints: list
+    epochs_equiv: float
+    wall_s: float
+    artifact: str | None = None
+    cache_hit: bool = False
+
+
+def clean_defense_id(spec: RunSpec) -> str:
+    """Names a defense's output on a clean cell (ratio 0). There the defense is handed the same
+    things whatever the attack (the unpoisoned training set, the shared clean model, the same
+    reserve and seeds), so its output is computed once per (clean model, defense, params, budget)
+    and every attack's clean cell only evaluates it against its own trigger."""
+    return stable_hash({"model": spec.model_id, **{k: spec.hashed()[k] for k in RunSpec._DEFENSE_FIELDS}})
+
+
+def _execute_defense(spec: RunSpec, defense, cell: Cell, bd_model) -> DefenseRun:
+    snapshots: list = []
+    ctx = build_context(defense, cell, bd_model, lambda tag, m: snapshots.append((tag, copy.deepcopy(m).cpu())),
+                        spec=spec)
+    t0 = time.time()
+    with engine.measure_cost(len(cell.poisoned.data)) as meter:
+        out: DefenseOutput = defense.run(ctx)
+    return DefenseRun(out, ctx.logs, ctx.sample_logs, snapshots, meter.epochs_equiv, time.time() - t0)
+
+
+def run_defense(spec: RunSpec, defense, cell: Cell, bd_model, cache_dir=None) -> DefenseRun:
+    """Run the defense on the cell; on a clean cell, reuse (or store) its output in the artifact
+    cache under :func:`clean_defense_id`, so A attacks' clean cells cost one defense run, not A.
+    The reused record reports the cost measured when the output was computed. (``spec`` is the
+    run's own: ``cell.spec`` is the spec that built the memoised cell, of any defense.)"""
+    if spec.poison_ratio != 0 or spec.defense == "none":
+        return _execute_defense(spec, defense, cell, bd_model)
+    key = clean_defense_id(spec)
+    folder = Path(cache_dir or default_cache_dir()) / "defended"
+    path = folder / f"{key}.pt"
+    with file_lock(folder / f"{key}.lock"):
+        if path.exists():
+            try:
+                blob = torch.load(path, weights_only=False)
+                run = DefenseRun(**blob)
+                run.output.model.to(engine.device())
+                run.artifact, run.cache_hit = path.name, True
+                return run
+            except Exception:
+                path.unlink(missing_ok=True)
+        run = _execute_defense(spec, defense, cell, bd_model)
+        run.output.model.cpu()
+        try:
+            atomic_torch_save({f.name: getattr(run, f.name) for f in dataclasses.fields(run)}, path)
+            run.artifact = path.name
+        except Exception:   # an output that cannot be pickled is simply not reused
+            path.unlink(missing_ok=True)
+        run.output.model.to(engine.device())
+        return run
+
+
 def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
     """Run one spec. Returns (record, diagnostics). Raises on failure (the scheduler records it)."""
     t_start = time.time()
@@ -233,17 +288,12 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
     # no-defense numbers are fetched afterwards (the scheduler runs it beside the backdoor job).
     train_stage = defense.declaration()["stage"] == "train"
     bd_model, bd_meta = (None, None) if train_stage else backdoored_model(cell, cache_dir)
-    checkpoints: list[dict] = []
-
-    def checkpoint_cb(tag: str, model: torch.nn.Module) -> None:
-        m = copy.deepcopy(model)
-        checkpoints.append({"tag": tag, **evaluate_model(m, cell.bundle.test, cell.triggered, cell.attack)})
-
-    ctx = build_context(defense, cell, bd_model, checkpoint_cb)
-    t0 = time.time()
-    with engine.measure_cost(len(cell.poisoned.data)) as meter:
-        out: DefenseOutput = defense.run(ctx)
-    defense_wall = time.time() - t0
+    run = run_defense(spec, defense, cell, bd_model, cache_dir)
+    out, cost, wall = run.output, run.epochs_equiv, run.wall_s
+    # the evaluator measures the intermediate models only now, after the defense has returned
+    # (so test-set evaluations neither reach the defense nor count in its wall time)
+    checkpoints = [{"tag": tag, **evaluate_model(m, cell.bundle.test, cell.triggered, cell.attack)}
+                   for tag, m in run.checkpoints]
     if bd_meta is None:
         _, bd_meta = backdoored_model(cell, cache_dir)
     nodef = bd_meta["metrics"]
@@ -251,7 +301,6 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
         result, cost, wall = dict(nodef), bd_meta["epochs_equiv"], bd_meta["wall_s"]
     else:
         result = evaluate_model(out.model, cell.bundle.test, cell.triggered, cell.attack)
-        cost, wall = meter.epochs_equiv, defense_wall
     det = metrics.detection_metrics(cell.poisoned.poison_mask, out.flags, out.scores) \
         if (out.flags is not None or out.scores is not None) else {}
     record = {
@@ -273,11 +322,12 @@ def execute(spec: RunSpec, data_root=None, cache_dir=None) -> tuple[dict, dict]:
         "trigger": cell.poisoned.info.get("trigger", ""),
         "data_fingerprint": cell.bundle.fingerprint,
         "backdoor_artifact": bd_meta["artifact"], "backdoor_cache_hit": bd_meta["cache_hit"],
+        "defense_artifact": run.artifact, "defense_cache_hit": run.cache_hit,
         "wall_s": wall, "epochs_equiv": cost, "total_wall_s": time.time() - t_start,
         "trainings": cost / max(1e-9, cell.train_config.epochs),
         **environment(), "status": "ok", "error": None,
     }
-    diagnostics = {"logs": ctx.logs, "sample_logs": ctx.sample_logs, "checkpoints": checkpoints,
+    diagnostics = {"logs": run.logs, "sample_logs": run.sample_logs, "checkpoints": checkpoints,
                    "scores": None if out.scores is None else out.scores.detach().float().cpu(),
                    "flags": None if out.flags is None else out.flags.detach().bool().cpu(),
                    "poison_mask": cell.poisoned.poison_mask, "cover_mask": cell.poisoned.cover_mask}

@@ -258,7 +258,7 @@ class CellFailedError(RuntimeError):
 
 
 def _await_cell(spec: RunSpec, store: Store, cache_dir, since: float, wait: bool) -> None:
-    from bench.runner import file_lock
+    from bench.store import exclusive_lock as file_lock
 
     if wait:  # a backdoor training in progress holds this lock: wait for it to finish
         with file_lock(Path(cache_dir) / "models" / f"{model_id(spec)}.lock"):

@@ -106,7 +106,7 @@ def cached(ctx, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict,
 
     Artifacts are dicts of tensors / plain values, saved with ``torch.save`` atomically under a
     lock; an unreadable file is recomputed."""
-    from bench.runner import atomic_torch_save, file_lock
+    from bench.store import atomic_torch_save, exclusive_lock as file_lock
 
     path = cache_path(ctx, kind, key)
     if path is None:

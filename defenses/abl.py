@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from bench import detection, recipes
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 
 @dataclass
@@ -69,9 +69,7 @@ class ABLParams:
             raise ValueError(f"isolation_ratio must be in (0, 1), got {self.isolation_ratio}")
         if self.gamma < 0:
             raise ValueError(f"gamma (the LGA loss threshold) must be >= 0, got {self.gamma}")
-        for name in ("isolation_epochs", "clean_epochs", "isolation_lr", "clean_lr", "unlearn_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "isolation_epochs", "clean_epochs", "isolation_lr", "clean_lr", "unlearn_lr")
         if self.unlearn_epochs < 0:
             raise ValueError(f"unlearn_epochs must be >= 0, got {self.unlearn_epochs}")
         if not 0.0 < self.clean_lr_drop <= 1.0:

@@ -58,7 +58,7 @@ from bench import engine
 from bench.defense import Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, distillation_loss
 from bench.engine import Batch, TrainConfig
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "linear")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -86,9 +86,7 @@ class BCUParams:
                              f"got {len(self.layerwise_ratio)}")
         if any(not 0 <= r <= 1 for r in self.layerwise_ratio):
             raise ValueError(f"layerwise_ratio values are probabilities in [0, 1], got {self.layerwise_ratio}")
-        for name in ("epochs", "lr", "t_start", "t_end"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "epochs", "lr", "t_start", "t_end")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.momentum < 1:

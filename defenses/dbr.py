@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from bench import detection, recipes
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 
 @dataclass
@@ -84,9 +84,7 @@ class DBRParams:
                              f"{self.poison_ratio} + {self.clean_ratio}")
         if self.fct_model not in ("sd", "backdoored"):
             raise ValueError(f"fct_model must be 'sd' or 'backdoored', got '{self.fct_model}'")
-        for name in ("aux_epochs", "sd_epochs", "br_epochs", "sd_lr", "br_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "aux_epochs", "sd_epochs", "br_epochs", "sd_lr", "br_lr")
         if not 0 <= self.rotate_degrees <= 180:
             raise ValueError(f"rotate_degrees must be in [0, 180], got {self.rotate_degrees}")
         if not 0 <= self.translate < 1:

@@ -60,7 +60,7 @@ from bench.distill import cell_augmentation
 from bench.engine import Batch, TrainConfig
 from bench.inversion import (InversionConfig, InvertedTrigger, anomaly_index, apply_trigger, flip_rate,
                              invert_trigger, scan_classes)
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 
 @dataclass
@@ -89,9 +89,7 @@ class MCLDefParams:
         self.lr_drop_epochs = tuple(self.lr_drop_epochs)
 
     def validate(self):
-        for name in ("inv_epochs", "inv_lr", "scan_epochs", "temperature", "epochs", "lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "inv_epochs", "inv_lr", "scan_epochs", "temperature", "epochs", "lr")
         if self.inv_patience < 0:
             raise ValueError(f"inv_patience must be >= 0, got {self.inv_patience}")
         if self.inv_lambda is not None and self.inv_lambda < 0:

@@ -65,7 +65,7 @@ from bench.data import Split
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig
 from bench.recipes import FINETUNE, finetune, train_from_scratch
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 
 @dataclass
@@ -108,9 +108,7 @@ class MeCaParams:
             raise ValueError(f"partition_rate {self.partition_rate} exceeds rho_max {self.rho_max}")
         if self.unlearn_coef < 0:
             raise ValueError(f"unlearn_coef must be >= 0, got {self.unlearn_coef}")
-        for name in ("warmup_epochs", "enhance_epochs", "relearn_epochs", "enhance_lr", "relearn_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "warmup_epochs", "enhance_epochs", "relearn_epochs", "enhance_lr", "relearn_lr")
         if not isinstance(self.relabel_relearn, bool):
             raise ValueError(f"relabel_relearn must be true or false, got {self.relabel_relearn!r}")
         if self.score_batch_size is not None and (isinstance(self.score_batch_size, bool)

@@ -56,7 +56,7 @@ from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, complementary_loss, mutual_learning_loss, non_target_kl
 from bench.engine import Batch, TrainConfig
 from bench.recipes import finetune
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, require_positive
 
 
 @dataclass
@@ -83,9 +83,7 @@ class NTMLParams:
             raise ValueError(f"n_clean must be a positive number of samples or None, got {self.n_clean!r}")
         if self.reserve_fraction is not None and not 0 < self.reserve_fraction < 1:
             raise ValueError(f"reserve_fraction must be in (0, 1), got {self.reserve_fraction}")
-        for name in ("nt_epochs", "teacher_epochs", "ml_epochs", "lr", "nckd_temperature", "ml_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "nt_epochs", "teacher_epochs", "ml_epochs", "lr", "nckd_temperature", "ml_temperature")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.momentum < 1:

@@ -120,14 +120,20 @@ def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     sel = sel.assign(acc_drop=(sel["acc_nodef"] - sel["acc"]) * 100, asr_pct=sel["asr"] * 100,
                      A=_attack_label(sel), D=sel["defense"].map(lambda d: label("defense", d)))
+    nodef = label("defense", "none")
     paths = []
     for col, stem, title, cmap in [("asr_pct", "heatmap_asr", "ASR after defense (%)", "Reds"),
                                    ("acc_drop", "heatmap_acc_drop", "ACC drop vs no defense (points)", "Blues")]:
         pivot = sel.pivot_table(index="A", columns="D", values=col, aggfunc="mean")
+        # attacks that only have a no-defense run would be rows of blanks: leave them out
+        pivot = pivot[pivot.drop(columns=[nodef], errors="ignore").notna().any(axis=1)] \
+            if pivot.shape[1] > 1 else pivot
         if pivot.empty:
             continue
+        pivot = pivot[sorted(pivot.columns, key=lambda c: (c != nodef, c))]   # No Defense first
         fig, ax = plt.subplots(figsize=(1.0 + 0.8 * pivot.shape[1], 0.9 + 0.5 * pivot.shape[0]))
         sns.heatmap(pivot, annot=True, fmt=".0f", cmap=cmap, cbar_kws={"label": title}, ax=ax, linewidths=0.5)
+        ax.grid(False)
         ax.set_xlabel("defense")
         ax.set_ylabel("attack")
         ax.set_title(title)
