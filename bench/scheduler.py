@@ -11,6 +11,9 @@ repair defenses trains A models; their records name the artifact (``backdoor_art
 ``backdoor_cache_hit``). ``train`` jobs (training-time defenses such as MeCa and ABL) do not depend
 on the backdoored model: they run first and fetch the cell's no-defense numbers afterwards. Jobs
 are dispatched longest-first: backdoor jobs, then train jobs, then repair jobs grouped by cell. A
+defense's output on a clean cell (ratio 0) does not depend on the attack, so it is computed once
+per clean model and reused by every attack's clean cell (:func:`bench.runner.run_defense`); the
+jobs that only reuse it go last. A
 repair job that starts while its cell's model is still being trained waits on the artifact's file
 lock; when the cell's backdoor training failed in this session, it fails at once with that error.
 
@@ -135,7 +138,26 @@ def plan(specs: list[RunSpec], store: Store, cache_dir: Path, *, force: bool = F
             st = "rerun" if s.run_id in statuses else "todo"
             (train if defense_stage(s.defense) == "train" else repair).append(
                 Job("train" if defense_stage(s.defense) == "train" else "repair", s, st))
-    return backdoor + train + repair, counts
+    return reuse_last(backdoor + train + repair), counts
+
+
+def reuse_last(jobs: list[Job]) -> list[Job]:
+    """Move the clean-cell defense jobs whose output another job computes (same
+    :func:`bench.runner.clean_defense_id`) to the end of the queue: they only evaluate the cached
+    output, and started early they would wait on its lock while a worker idles."""
+    from bench.runner import clean_defense_id
+
+    first, later, seen = [], [], set()
+    for job in jobs:
+        s = job.spec
+        if job.kind in ("train", "repair") and s.poison_ratio == 0:
+            key = clean_defense_id(s)
+            if key in seen:
+                later.append(job)
+                continue
+            seen.add(key)
+        first.append(job)
+    return first + later
 
 
 # -- the worker side --------------------------------------------------------------------------------

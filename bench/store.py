@@ -45,7 +45,7 @@ COLUMNS = ["run_id", "suite", "dataset", "model", "attack", "poison_ratio", "tar
            "flagged", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "status", "error",
            "attack_params", "defense_params", "dataset_params", "train", "budget_scale",
            "reserve_fraction", "n_train", "n_test", "n_poison", "n_cover", "oracle", "cell_id",
-           "backdoor_artifact", "backdoor_cache_hit", "data_fingerprint", "device", "host",
+           "backdoor_artifact", "backdoor_cache_hit", "defense_artifact", "defense_cache_hit", "data_fingerprint", "device", "host",
            "code_version", "versions", "started_at", "finished_at", "extra", "defense_info"]
 _JSON_COLUMNS = ("attack_params", "defense_params", "dataset_params", "train", "oracle", "versions",
                  "extra", "defense_info")

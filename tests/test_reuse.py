@@ -1,0 +1,73 @@
+"""Artifact reuse inside a cell: a run depends on its own spec only, and a defense's output on a
+clean cell (ratio 0) is computed once for every attack's clean cell."""
+from __future__ import annotations
+
+import torch
+
+from bench.defense import Defense, DefenseOutput
+from bench.runner import build_cell, build_context, clean_defense_id, execute
+from bench.registry import DEFENSES
+from bench.spec import RunSpec
+
+BASE = dict(dataset="digits", model="cnn_tiny", seed=0, dataset_params={"image_size": 16},
+            train={"epochs": 1, "batch_size": 64}, budget_scale=0.1, n_train=400, n_test=200)
+SEEN: list = []
+
+
+@DEFENSES.register("_reuse_probe")
+class ReuseProbe(Defense):
+    """Test-only: records the budget and the first draw of its generator, returns the model."""
+
+    stage = "repair"
+
+    def run(self, ctx):
+        SEEN.append((ctx.budget.scale, torch.randint(0, 10**9, (1,), generator=ctx.generator).item()))
+        return DefenseOutput(ctx.model)
+
+
+def test_a_run_takes_its_defense_fields_from_its_own_spec():
+    SEEN.clear()
+    a = RunSpec(attack="badnet", poison_ratio=0.1, defense="_reuse_probe", **BASE)
+    b = RunSpec(attack="badnet", poison_ratio=0.1, defense="_reuse_probe", **{**BASE, "budget_scale": 0.5})
+    assert a.cell_id == b.cell_id        # one memoised cell serves both
+    execute(a)
+    execute(b)
+    assert [s for s, _ in SEEN] == [0.1, 0.5]
+    cell = build_cell(a)
+    assert build_context(DEFENSES.create("none"), cell, None, spec=b).budget.scale == 0.5
+    # the generator stream belongs to the run's defense, not to whichever run built the cell
+    import bench.runner as runner
+
+    runner._CELL_MEMO.clear()
+    execute(RunSpec(attack="badnet", poison_ratio=0.1, defense="none", **BASE))   # builds the cell
+    execute(a)
+    after_other = SEEN[-1][1]
+    runner._CELL_MEMO.clear()
+    execute(a)                                                                    # builds it itself
+    assert SEEN[-1][1] == after_other
+
+
+def test_clean_cells_of_several_attacks_share_one_defense_output(tmp_path):
+    specs = [RunSpec(attack=a, poison_ratio=0.0, defense="fine_tuning", **BASE) for a in ("badnet", "blend", "sig")]
+    assert len({clean_defense_id(s) for s in specs}) == 1
+    assert len({s.run_id for s in specs}) == 3
+    records = [execute(s, cache_dir=tmp_path)[0] for s in specs]
+    assert [r["defense_cache_hit"] for r in records] == [False, True, True]
+    assert len({r["defense_artifact"] for r in records}) == 1
+    assert len({r["acc"] for r in records}) == 1                       # the same model ...
+    assert len({(r["wall_s"], r["epochs_equiv"]) for r in records}) == 1  # ... at the cost measured once
+    assert all(r["n_poison"] == 0 for r in records)
+    # a poisoned cell never reuses, and another defense or budget is another output
+    poisoned, _ = execute(RunSpec(attack="badnet", poison_ratio=0.1, defense="fine_tuning", **BASE), cache_dir=tmp_path)
+    assert poisoned["defense_cache_hit"] is False and poisoned["defense_artifact"] is None
+    other = RunSpec(attack="badnet", poison_ratio=0.0, defense="fine_tuning", **{**BASE, "budget_scale": 0.2})
+    assert clean_defense_id(other) != clean_defense_id(specs[0])
+
+
+def test_scheduler_queues_reusing_jobs_last(tmp_path):
+    from bench.scheduler import Job, reuse_last
+
+    jobs = [Job("train", RunSpec(attack=a, poison_ratio=r, defense="meca", **BASE))
+            for a in ("badnet", "blend") for r in (0.0, 0.1)]
+    order = [(j.spec.attack, j.spec.poison_ratio) for j in reuse_last(jobs)]
+    assert order == [("badnet", 0.0), ("badnet", 0.1), ("blend", 0.1), ("blend", 0.0)]
