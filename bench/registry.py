@@ -61,8 +61,12 @@ class Entry:
 
     @property
     def doc(self) -> str:
+        """The docstring's first sentence (its first paragraph, joined, cut at the first full stop
+        that ends a sentence), for one-line listings."""
         text = (getattr(self.obj, "__doc__", None) or "").strip()
-        return text.splitlines()[0] if text else ""
+        para = " ".join(text.split("\n\n")[0].split())
+        end = para.find(". ")
+        return para[:end + 1] if end >= 0 else para
 
     def make_params(self, **overrides) -> Any:
         """Build the params dataclass: defaults, then a named preset (``preset="meca"``, from the

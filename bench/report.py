@@ -30,8 +30,10 @@ def build_report(results: Path, out: Path | None = None, asr_threshold: float = 
     board = leaderboard(df, asr_threshold)
     board_md = leaderboard_markdown(board, asr_threshold)
     n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
-    summary = (f"{n_runs} successful runs, {df['defense'].nunique() if n_runs else 0} defenses, "
-               f"{df['attack'].nunique() if n_runs else 0} attacks, {n_seeds} seed(s); defenses ranked by mean DER. "
+    n_def = df.loc[df["defense"] != "none", "defense"].nunique() if n_runs else 0
+    n_att = df["attack"].nunique() if n_runs else 0
+    summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
+               f"{n_seeds} seed(s); defenses ranked by mean DER. "
                f"Success = post-defense ASR below {asr_threshold * 100:g}%.")
     (out / "leaderboard.md").write_text(f"# Leaderboard\n\n{summary}\n\n{board_md}")
     board.to_csv(out / "leaderboard.csv", index=False)

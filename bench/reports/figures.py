@@ -69,7 +69,7 @@ def fig4_kl_hist(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
     g = sns.displot(data, x="KL", hue="sample", col="attack", col_wrap=min(4, data["attack"].nunique()),
                     stat="density", common_norm=False, bins=40, element="step", height=2.6,
                     facet_kws={"sharey": False}, palette={"clean": "#4C72B0", "poisoned": "#C44E52"})
-    g.set_axis_labels("log10 KL consistency score (round 1)", "density")
+    g.set_axis_labels("log10 KL score (round 1)", "density")
     g.figure.suptitle("Fig. 4 — MeCa round-1 KL consistency of clean and poisoned training samples", y=1.03)
     return _save(g.figure, out, "fig4_kl_hist")
 
