@@ -44,6 +44,7 @@ each attack's and defense's own checks on each cell) and returns *every* problem
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import itertools
 import json
@@ -367,16 +368,19 @@ def apply_filters(specs: list[RunSpec], *, attacks=None, defenses=None, datasets
     """Narrow a suite's specs. Each filter is a comma-separated list (or list) of wildcards (names)
     or numbers (ratios, seeds); a filter value matching nothing in the suite is an error."""
     problems = []
+    specs = list(specs)
     out = list(specs)
     for key, vals, attr in (("attacks", attacks, "attack"), ("defenses", defenses, "defense"),
                             ("datasets", datasets, "dataset"), ("models", models, "model")):
         pats = _split(vals)
         if not pats:
             continue
-        present = sorted({getattr(s, attr) for s in out})
+        present = sorted({getattr(s, attr) for s in specs})   # what the suite has, not what earlier filters left
         for p in pats:
             if not any(fnmatch.fnmatchcase(n, p) for n in present):
-                problems.append(f"--{key} '{p}' matches none of the suite's {key}: {', '.join(present)}")
+                close = difflib.get_close_matches(p, present, n=3, cutoff=0.6)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                problems.append(f"--{key} '{p}' matches none of the suite's {key}{hint}: {', '.join(present)}")
         out = [s for s in out if any(fnmatch.fnmatchcase(getattr(s, attr), p) for p in pats)]
     for key, vals, attr, conv in (("ratios", ratios, "poison_ratio", float), ("seeds", seeds, "seed", int)):
         raw = _split(vals)
@@ -387,7 +391,7 @@ def apply_filters(specs: list[RunSpec], *, attacks=None, defenses=None, datasets
         except ValueError:
             problems.append(f"--{key} {','.join(raw)}: not a list of numbers")
             continue
-        present = sorted({getattr(s, attr) for s in out})
+        present = sorted({getattr(s, attr) for s in specs})
         for w in wanted:
             if not any(math.isclose(w, p) for p in present):
                 problems.append(f"--{key} {w:g} is not in the suite ({', '.join(f'{p:g}' for p in present)})")
