@@ -159,15 +159,22 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     if g.empty:
         return []
     g = g * 100
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    sns.scatterplot(x=g["asr"], y=g["acc"], hue=[label("defense", d) for d in g.index], s=80, ax=ax)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    names = [label("defense", d) for d in g.index]
+    # distinct colours and markers: a dozen defenses must stay tellable apart where they cluster
+    sns.scatterplot(x=g["asr"], y=g["acc"], hue=names, style=names, s=90, ax=ax,
+                    palette=sns.color_palette("tab20", len(names)))
     front = g.iloc[pareto_front(g[["acc", "asr"]].to_numpy())].sort_values("asr")
     ax.plot(front["asr"], front["acc"], "k--", lw=1, label="Pareto front")
-    for name, r in g.iterrows():
-        ax.annotate(label("defense", name), (r["asr"], r["acc"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    placed: list[tuple[float, float]] = []
+    for name, r in g.sort_values("acc").iterrows():   # label a point only where labels do not collide
+        if all(abs(r["asr"] - a) > 6 or abs(r["acc"] - c) > 2.5 for a, c in placed):
+            ax.annotate(label("defense", name), (r["asr"], r["acc"]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+            placed.append((r["asr"], r["acc"]))
     ax.set_xlabel("mean ASR (%)  ← better")
     ax.set_ylabel("mean clean ACC (%)  ↑ better")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title("ACC vs ASR per defense (mean over attacked cells)")
     return _save(fig, out, "scatter_acc_asr")
 
