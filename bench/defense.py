@@ -73,6 +73,18 @@ class CellInfo:
     reserve_fraction: float
 
 
+def cell_model_or_none(cell: CellInfo) -> nn.Module | None:
+    """A fresh model of the cell's architecture, for checks of its structure before any compute
+    (e.g. that a pruning defense finds its layer); None when the model name does not resolve,
+    since the runner's own checks report that."""
+    from bench.models import create_model
+
+    try:
+        return create_model(cell.model_name, cell.num_classes, cell.image_shape[-1])
+    except Exception:
+        return None
+
+
 @dataclass
 class DefenseOutput:
     """A defense's result: the final model and, if it detects, per-sample scores and/or flags

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
-from bench.models import create_model
+from bench.defense import (CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput,
+                           cell_model_or_none)
 from bench.pruning import channel_lipschitz, conv_bn_pairs, mask_from_pruned, set_channel_mask
 from bench.recipes import FINETUNE, finetune
 from bench.registry import DEFENSES
@@ -100,9 +100,8 @@ class CLP(Defense):
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)
-        try:
-            model = create_model(cell.model_name, cell.num_classes, cell.image_shape[-1])
-        except Exception:  # an unknown model is reported by the runner's own checks
+        model = cell_model_or_none(cell)
+        if model is None:   # an unknown model is reported by the runner's own checks
             return
         import warnings
 

@@ -44,8 +44,7 @@ import torch
 
 from bench import engine, metrics
 from bench.data import Split
-from bench.defense import CellInfo, Defense, DefenseContext, DefenseOutput
-from bench.models import create_model
+from bench.defense import CellInfo, Defense, DefenseContext, DefenseOutput, cell_model_or_none
 from bench.pruning import (last_stage_name, layer_outputs, mask_from_pruned, mean_channel_activation,
                            prune_step_count, resolve_layer, set_channel_mask)
 from bench.recipes import FINETUNE, finetune
@@ -89,9 +88,8 @@ class FinePruning(Defense):
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)
-        try:
-            model = create_model(cell.model_name, cell.num_classes, cell.image_shape[-1])
-        except Exception:  # an unknown model is reported by the runner's own checks
+        model = cell_model_or_none(cell)
+        if model is None:   # an unknown model is reported by the runner's own checks
             return
         resolve_layer(model, self.params.layer, cell.image_shape)
 
