@@ -59,9 +59,6 @@ def kl_consistency(model: nn.Module, data: Split, *, patch_size: int = 2, eps: f
         raise ValueError("label='given' needs a labelled split")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    engine.prepare_model(model)
-    was_training = model.training
-    model.eval()
 
     def score(x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
         x = x.detach().requires_grad_(True)
@@ -76,7 +73,5 @@ def kl_consistency(model: nn.Module, data: Split, *, patch_size: int = 2, eps: f
             logq = F.log_softmax(model(x_adv).float(), 1)
             return (logp.exp() * (logp - logq)).sum(1).clamp_min_(0.0)
 
-    try:
+    with engine.eval_mode(model):
         return engine.map_batches(score, data, batch_size=batch_size, grad=True, indices=indices)
-    finally:
-        model.train(was_training)

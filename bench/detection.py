@@ -18,7 +18,6 @@ without augmentation, and returns CPU tensors aligned with the split (one row pe
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -26,22 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import engine
+from bench.engine import eval_mode
 from bench.data import Split
 
 
 # -- scoring passes -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Model on the engine's device, in eval mode for the block; the previous mode comes back."""
-    engine.prepare_model(model)
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def per_sample_loss(model: nn.Module, data: Split, indices: torch.Tensor | None = None,
                     batch_size: int | None = None) -> torch.Tensor:
     """Cross-entropy of every sample with its given label (eval mode, no augmentation)."""

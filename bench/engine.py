@@ -373,16 +373,23 @@ def map_batches(fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], 
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def predict_logits(model: nn.Module, data: Split | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits of ``model`` (eval mode) for a split or a uint8 image tensor."""
-    split = data if isinstance(data, Split) else Split(data, None)
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Model on the engine's device, in eval mode for the block; the previous mode comes back."""
     prepare_model(model)
     was_training = model.training
     model.eval()
     try:
-        return map_batches(lambda x, y, i: model(x), split, batch_size=batch_size)
+        yield model
     finally:
         model.train(was_training)
+
+
+def predict_logits(model: nn.Module, data: Split | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) for a split or a uint8 image tensor."""
+    split = data if isinstance(data, Split) else Split(data, None)
+    with eval_mode(model):
+        return map_batches(lambda x, y, i: model(x), split, batch_size=batch_size)
 
 
 def predict(model: nn.Module, data: Split | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

@@ -186,12 +186,7 @@ def flip_rate(model: nn.Module, data: Split, trigger: InvertedTrigger,
               indices: torch.Tensor | None = None) -> float:
     """Fraction of ``data`` (optionally only ``indices``) that the model classifies as the
     trigger's target once the trigger is blended in."""
-    engine.prepare_model(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with engine.eval_mode(model):
         pred = engine.map_batches(lambda x, y, i: model(apply_trigger(x, trigger.mask, trigger.pattern)).argmax(1),
                                   data, indices=indices)
-    finally:
-        model.train(was_training)
     return float((pred == trigger.target).float().mean()) if len(pred) else float("nan")

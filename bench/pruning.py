@@ -129,15 +129,12 @@ def layer_outputs(model: nn.Module, module: nn.Module, data: Split, reduce=None,
             pass
         return box[0].float()
 
-    engine.prepare_model(model)
-    was_training = model.training
-    model.eval()
     handle = module.register_forward_hook(hook)
     try:
-        return engine.map_batches(fn, data, batch_size=batch_size)
+        with engine.eval_mode(model):
+            return engine.map_batches(fn, data, batch_size=batch_size)
     finally:
         handle.remove()
-        model.train(was_training)
 
 
 def mean_channel_activation(model: nn.Module, module: nn.Module, data: Split) -> torch.Tensor:

@@ -101,11 +101,7 @@ def build_cell(spec: RunSpec, data_root=None, cache_dir=None) -> Cell:
     return cell
 
 
-# -- artifact cache -------------------------------------------------------------------------------
-# (locks and atomic writes are the store's: one implementation for records and artifacts)
-file_lock = exclusive_lock
-
-
+# -- artifact cache (locks and atomic writes are the store's) --------------------------------------
 def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]:
     """The cell's backdoored model (trained once, then loaded from the artifact cache), with its
     training cost and its no-defense metrics on this cell's test sets.
@@ -117,7 +113,7 @@ def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]
     cache = Path(cache_dir or default_cache_dir()) / "models"
     path = cache / f"{spec.model_id}.pt"
     model = None
-    with file_lock(cache / f"{spec.model_id}.lock"):
+    with exclusive_lock(cache / f"{spec.model_id}.lock"):
         if path.exists():
             try:
                 blob = torch.load(path, weights_only=False)
@@ -256,24 +252,22 @@ def run_defense(spec: RunSpec, defense, cell: Cell, bd_model, cache_dir=None) ->
     key = clean_defense_id(spec)
     folder = Path(cache_dir or default_cache_dir()) / "defended"
     path = folder / f"{key}.pt"
-    with file_lock(folder / f"{key}.lock"):
+    with exclusive_lock(folder / f"{key}.lock"):
         if path.exists():
             try:
                 blob = torch.load(path, weights_only=False)
-                run = DefenseRun(**blob)
-                run.output.model.to(engine.device())
+                run = DefenseRun(**blob)   # the evaluator moves the model to its device
                 run.artifact, run.cache_hit = path.name, True
                 return run
             except Exception:
                 path.unlink(missing_ok=True)
         run = _execute_defense(spec, defense, cell, bd_model)
-        run.output.model.cpu()
+        run.output.model.cpu()   # a device-independent artifact; the evaluator moves it back
         try:
             atomic_torch_save({f.name: getattr(run, f.name) for f in dataclasses.fields(run)}, path)
             run.artifact = path.name
         except Exception:   # an output that cannot be pickled is simply not reused
             path.unlink(missing_ok=True)
-        run.output.model.to(engine.device())
         return run
 
 

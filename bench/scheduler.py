@@ -280,10 +280,10 @@ class CellFailedError(RuntimeError):
 
 
 def _await_cell(spec: RunSpec, store: Store, cache_dir, since: float, wait: bool) -> None:
-    from bench.store import exclusive_lock as file_lock
+    from bench.store import exclusive_lock
 
     if wait:  # a backdoor training in progress holds this lock: wait for it to finish
-        with file_lock(Path(cache_dir) / "models" / f"{model_id(spec)}.lock"):
+        with exclusive_lock(Path(cache_dir) / "models" / f"{model_id(spec)}.lock"):
             pass
     err = store.cell_failure(spec.cell_id, since)
     if err:

@@ -106,12 +106,12 @@ def cached(ctx, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict,
 
     Artifacts are dicts of tensors / plain values, saved with ``torch.save`` atomically under a
     lock; an unreadable file is recomputed."""
-    from bench.store import atomic_torch_save, exclusive_lock as file_lock
+    from bench.store import atomic_torch_save, exclusive_lock
 
     path = cache_path(ctx, kind, key)
     if path is None:
         return compute(), False
-    with file_lock(path.with_suffix(".lock")):
+    with exclusive_lock(path.with_suffix(".lock")):
         if path.exists():
             try:
                 return torch.load(path, map_location="cpu", weights_only=False), True
