@@ -84,5 +84,9 @@ class RunSpec:
         return stable_hash(d)
 
     def label(self) -> str:
+        """``dataset/model/attack@ratio/defense/seedN``; a defense's explicit parameters (other
+        than its preset) follow its name, so two variants of one defense are told apart."""
+        variant = {k: v for k, v in sorted(self.defense_params.items()) if k != "preset"}
+        defense = self.defense + (f"({','.join(f'{k}={v}' for k, v in variant.items())})" if variant else "")
         return (f"{self.dataset}/{self.model}/{self.attack}@{self.poison_ratio:g}/"
-                f"{self.defense}/seed{self.seed}")
+                f"{defense}/seed{self.seed}")
