@@ -12,7 +12,7 @@ import torch
 from bench.compare import assert_no_regression, compare
 from bench.report import build_report
 from bench.reports.leaderboard import leaderboard
-from bench.reports.tables import attack_defense_table, clean_vs_poisoned_table, paper_tables
+from bench.reports.tables import attack_defense_table, clean_vs_poisoned_table, paper_tables, variants_table
 from bench.reports.tidy import normalise
 
 
@@ -68,6 +68,19 @@ def test_table7_clean_rows_and_all_tables(tidy):
     assert {"table2", "table4", "table7"} <= set(tables)
     t4 = tables["table4"]
     assert t4.mean(("CIFAR10", "BadNet"), "with RR", "acc") == pytest.approx(0.87)
+
+
+def test_variants_table_shows_each_parameter_set_of_a_defense(tidy):
+    t = variants_table(normalise(tidy))
+    assert t.columns == ["No Defense", "MeCa", "MeCa (relabel_relearn=True)"]   # one-set defenses left out
+    row = ("CIFAR10", "BadNet")
+    assert t.mean(row, "MeCa", "acc") == pytest.approx(0.85)
+    assert t.mean(row, "MeCa (relabel_relearn=True)", "acc") == pytest.approx(0.87)
+    assert t.mean(row, "No Defense", "asr") == pytest.approx(0.95)
+    assert ("CIFAR10", "Blend") not in t.rows                               # no variant was run there
+    assert "variants" in paper_tables(normalise(tidy))
+    single = normalise(tidy[tidy.defense != "meca"])
+    assert "variants" not in paper_tables(single)                           # nothing to show: no file
 
 
 def test_leaderboard_ranks_by_der(tidy):

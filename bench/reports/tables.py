@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.reports.tidy import fmt, label, main_model, mean_std, one_variant_per_defense
+from bench.reports.tidy import fmt, label, main_model, mean_std, one_variant_per_defense, variant_label
 
 TABLE2_ATTACKS = ["badnet", "blend", "sig", "wanet", "physicalba"]
 TABLE3_ATTACKS = ["tact", "adaptive_blend", "adaptive_patch"]
@@ -167,6 +167,34 @@ def meca_relabel_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     return _add_averages(table)
 
 
+def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
+    """Every defense run with more than one parameter set, side by side: its default row, then each
+    variant labelled by the parameters it changes (a suite's ``{name, params}`` entries), beside No
+    Defense. The other tables show one row per defense; this one shows the ablations."""
+    sel = df[np.isclose(df["poison_ratio"], ratio)]
+    model = main_model(sel)
+    sel = sel[sel["model"] == model]
+    variants = sel.groupby("defense")["params_key"].nunique()
+    multi = [d for d in _ordered(variants.index, PAPER_DEFENSES + EXTRA_DEFENSES) if variants[d] > 1]
+    sel = sel[sel["defense"].isin(["none", *multi])]
+    if not multi or sel.empty:
+        return Table("Variants", "no defense was run with more than one parameter set", ["Dataset", "Attack"], [], [])
+    sel = sel.assign(_v=[variant_label(d, p) for d, p in zip(sel["defense"], sel["defense_params"])],
+                     _d=sel["dataset"].map(lambda d: label("dataset", d)),
+                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    cols = [label("defense", "none")] if (sel["defense"] == "none").any() else []
+    for d in multi:
+        names = list(dict.fromkeys(sel.loc[sel["defense"] == d, "_v"]))
+        cols += [n for n in names if n == label("defense", d)] + sorted(n for n in names if n != label("defense", d))
+    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    rows = [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER) for a in attacks
+            if ((sel["dataset"] == d) & (sel["attack"] == a) & (sel["defense"] != "none")).any()]
+    table = Table("Variants", f"defenses run with several parameter sets ({label('model', model or '?')}, "
+                  f"poison ratio {ratio:g})", ["Dataset", "Attack"], rows, cols)
+    table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
+    return _add_averages(table)
+
+
 def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str = "meca") -> Table:
     """Table V: a defense under poison ratios 10/15/20% (rows: attacks)."""
     sel = one_variant_per_defense(df[df["defense"] == defense], exclude={"meca": {"relabel_relearn": True}})
@@ -231,5 +259,6 @@ def paper_tables(df: pd.DataFrame) -> dict[str, Table]:
         "table5": ratio_table(df),
         "table6": model_table(df),
         "table7": clean_vs_poisoned_table(df),
+        "variants": variants_table(df),
     }
     return {k: t for k, t in tables.items() if t.cells}

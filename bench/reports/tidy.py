@@ -116,6 +116,18 @@ def default_params_key(defense: str) -> str | None:
         return None
 
 
+def variant_label(defense: str, params: dict) -> str:
+    """A defense's display label, with the parameters that differ from its defaults, e.g.
+    ``MeCa (warmup_epochs=25)``; the default parameter set gets the plain label."""
+    default = default_params_key(defense)
+    base = {} if default is None else json.loads(default)
+    changed = {k: v for k, v in sorted(params.items())
+               if k != "preset" and json.dumps(base.get(k, "?"), default=str) != json.dumps(v, default=str)}
+    if default is None or not changed:
+        return label("defense", defense)
+    return f"{label('defense', defense)} ({', '.join(f'{k}={v}' for k, v in changed.items())})"
+
+
 def one_variant_per_defense(df: pd.DataFrame, exclude: dict | None = None) -> pd.DataFrame:
     """Keep a single parameter set per defense: the default one if present, else the most common.
 
