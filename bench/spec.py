@@ -64,9 +64,14 @@ class RunSpec:
 
     @property
     def cell(self) -> dict:
+        """The fields the poisoned set and the backdoored model depend on. The budget scale is a
+        defense field, except for attacks that train a surrogate or generator (``needs_model``):
+        their poison depends on the attacker's scaled budget, so it names their cell too."""
         d = self.hashed()
         for k in self._DEFENSE_FIELDS:
             d.pop(k, None)
+        if _attack_needs_model(self.attack):
+            d["attack_budget_scale"] = self.budget_scale
         return d
 
     @property
@@ -81,6 +86,7 @@ class RunSpec:
         d = self.cell
         if self.poison_ratio == 0:
             d["attack"], d["attack_params"] = "(clean)", {}
+            d.pop("attack_budget_scale", None)
         return stable_hash(d)
 
     def label(self) -> str:
@@ -90,3 +96,13 @@ class RunSpec:
         defense = self.defense + (f"({','.join(f'{k}={v}' for k, v in variant.items())})" if variant else "")
         return (f"{self.dataset}/{self.model}/{self.attack}@{self.poison_ratio:g}/"
                 f"{defense}/seed{self.seed}")
+
+
+def _attack_needs_model(name: str) -> bool:
+    """Whether the attack trains a model to make its poison (unknown names: True, the safe side)."""
+    try:
+        from bench.registry import ATTACKS
+
+        return bool(getattr(ATTACKS.get(name).obj, "needs_model", True))
+    except Exception:
+        return True

@@ -25,6 +25,20 @@ class ReuseProbe(Defense):
         return DefenseOutput(ctx.model)
 
 
+def test_the_budget_names_the_cell_of_an_attack_that_trains_a_model():
+    """A surrogate-based attack's poison depends on the attacker's scaled budget: two budget scales
+    must not share its cell (nor its cached backdoored model); static attacks still share one."""
+    for attack in ("narcissus", "lc", "iad"):
+        a = RunSpec(attack=attack, poison_ratio=0.05, **BASE)
+        b = RunSpec(attack=attack, poison_ratio=0.05, **{**BASE, "budget_scale": 0.5})
+        assert a.cell_id != b.cell_id and a.model_id != b.model_id, attack
+        # a clean cell trains on unpoisoned data: one model whatever the attack or its budget
+        assert (RunSpec(attack=attack, poison_ratio=0.0, **BASE).model_id
+                == RunSpec(attack="badnet", poison_ratio=0.0, **{**BASE, "budget_scale": 0.5}).model_id)
+    a = RunSpec(attack="blend", poison_ratio=0.05, **BASE)
+    assert a.cell_id == RunSpec(attack="blend", poison_ratio=0.05, **{**BASE, "budget_scale": 0.5}).cell_id
+
+
 def test_a_run_takes_its_defense_fields_from_its_own_spec():
     SEEN.clear()
     a = RunSpec(attack="badnet", poison_ratio=0.1, defense="_reuse_probe", **BASE)
