@@ -83,6 +83,20 @@ def test_variants_table_shows_each_parameter_set_of_a_defense(tidy):
     assert "variants" not in paper_tables(single)                           # nothing to show: no file
 
 
+def test_runs_at_another_budget_scale_are_a_variant_never_more_seeds(tidy):
+    other = pd.DataFrame([_row("y", "badnet", "fine_tuning", 0.50, 0.05), _row("z", "badnet", "none", 0.90, 0.95)])
+    other["budget_scale"] = 0.5
+    df = normalise(pd.concat([tidy, other], ignore_index=True))
+    t2 = attack_defense_table(df, "Table II", "t", ["badnet"], ["none", "fine_tuning"])
+    row = ("CIFAR10", "BadNet")
+    assert t2.mean(row, "FineTuning", "acc") == pytest.approx(0.87)        # the two main-budget seeds only
+    assert t2.cells[(row, "No Defense", "acc")][2] == 1                    # the re-evaluated model is not a seed
+    v = variants_table(df)
+    assert "FineTuning (budget x0.5)" in v.columns and "FineTuning" in v.columns
+    assert v.mean(row, "FineTuning (budget x0.5)", "asr") == pytest.approx(0.05)
+    assert v.cells[(row, "No Defense", "acc")][2] == 1
+
+
 def test_leaderboard_ranks_by_der(tidy):
     board = leaderboard(normalise(tidy))
     assert list(board["name"])[0] == "meca"

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.reports.tidy import fmt, label, main_model, mean_std, one_variant_per_defense, variant_label
+from bench.reports.tidy import (at_main_budget, fmt, label, main_budget_scale, main_model, mean_std,
+                                one_variant_per_defense, variant_label)
 
 TABLE2_ATTACKS = ["badnet", "blend", "sig", "wanet", "physicalba"]
 TABLE3_ATTACKS = ["tact", "adaptive_blend", "adaptive_patch"]
@@ -153,7 +154,7 @@ def meca_relabel_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     """Table IV: MeCa without and with relabel-and-relearn, rows (dataset, attack)."""
     sel = df[(df["defense"] == "meca") & np.isclose(df["poison_ratio"], ratio)]
     model = main_model(sel)
-    sel = sel[sel["model"] == model]
+    sel = at_main_budget(sel[sel["model"] == model])
     sel = sel.assign(_v=sel["defense_params"].map(lambda d: "with RR" if d.get("relabel_relearn") else "without RR"),
                      _d=sel["dataset"].map(lambda d: label("dataset", d)),
                      _a=sel["attack"].map(lambda a: label("attack", a)))
@@ -168,18 +169,27 @@ def meca_relabel_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
 
 
 def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
-    """Every defense run with more than one parameter set, side by side: its default row, then each
-    variant labelled by the parameters it changes (a suite's ``{name, params}`` entries), beside No
-    Defense. The other tables show one row per defense; this one shows the ablations."""
+    """Every defense run with more than one parameter set or budget scale, side by side: its default
+    row, then each variant labelled by the parameters it changes (a suite's ``{name, params}``
+    entries) and by its budget scale where that is not the main one, beside No Defense. The other
+    tables show one row per defense at the main budget; this one shows the ablations."""
     sel = df[np.isclose(df["poison_ratio"], ratio)]
     model = main_model(sel)
     sel = sel[sel["model"] == model]
-    variants = sel.groupby("defense")["params_key"].nunique()
+    main = main_budget_scale(sel)
+    sel = sel[(sel["defense"] != "none") | np.isclose(sel["budget_scale"], main if main is not None else 1.0)]
+    key = sel["params_key"] + "@" + sel["budget_scale"].round(6).astype(str)
+    variants = key.groupby(sel["defense"]).nunique()
     multi = [d for d in _ordered(variants.index, PAPER_DEFENSES + EXTRA_DEFENSES) if variants[d] > 1]
     sel = sel[sel["defense"].isin(["none", *multi])]
     if not multi or sel.empty:
         return Table("Variants", "no defense was run with more than one parameter set", ["Dataset", "Attack"], [], [])
-    sel = sel.assign(_v=[variant_label(d, p) for d, p in zip(sel["defense"], sel["defense_params"])],
+
+    def name(defense, params, scale):
+        text = variant_label(defense, params)
+        return text if main is None or np.isclose(scale, main) else f"{text} (budget x{scale:g})"
+
+    sel = sel.assign(_v=[name(d, p, b) for d, p, b in zip(sel["defense"], sel["defense_params"], sel["budget_scale"])],
                      _d=sel["dataset"].map(lambda d: label("dataset", d)),
                      _a=sel["attack"].map(lambda a: label("attack", a)))
     cols = [label("defense", "none")] if (sel["defense"] == "none").any() else []
@@ -189,7 +199,7 @@ def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
     rows = [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER) for a in attacks
             if ((sel["dataset"] == d) & (sel["attack"] == a) & (sel["defense"] != "none")).any()]
-    table = Table("Variants", f"defenses run with several parameter sets ({label('model', model or '?')}, "
+    table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
                   f"poison ratio {ratio:g})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
     return _add_averages(table)

@@ -88,15 +88,17 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for col, default in [("status", "ok"), ("seed", 0), ("defense_params", "{}"), ("attack_params", "{}"),
                          ("epochs_equiv", np.nan), ("wall_s", np.nan), ("der", np.nan),
-                         ("tpr", np.nan), ("fpr", np.nan), ("auroc", np.nan), ("ra", np.nan)]:
+                         ("tpr", np.nan), ("fpr", np.nan), ("auroc", np.nan), ("ra", np.nan),
+                         ("budget_scale", 1.0)]:
         if col not in df.columns:
             df[col] = default
     if len(df):
         df = df[df["status"].fillna("ok") == "ok"].copy()
     for col in ["acc", "asr", "acc_nodef", "asr_nodef", "der", "tpr", "fpr", "auroc", "ra", "poison_ratio",
-                "wall_s", "epochs_equiv"]:
+                "wall_s", "epochs_equiv", "budget_scale"]:
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["budget_scale"] = df["budget_scale"].fillna(1.0)   # RunSpec's default, for rows written without it
     df["defense_params"] = df["defense_params"].map(_as_dict)
     df["params_key"] = df["defense_params"].map(lambda d: json.dumps(d, sort_keys=True))
     oracle = df["defense_params"].map(uses_oracle) if len(df) else pd.Series(dtype=bool)
@@ -128,11 +130,27 @@ def variant_label(defense: str, params: dict) -> str:
     return f"{label('defense', defense)} ({', '.join(f'{k}={v}' for k, v in changed.items())})"
 
 
+def main_budget_scale(df: pd.DataFrame) -> float | None:
+    """The defense budget scale most of these runs used (None for no runs)."""
+    if df.empty:
+        return None
+    return float(df["budget_scale"].round(6).value_counts().idxmax())
+
+
+def at_main_budget(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs at the main budget scale. Runs at another scale are another experiment and are
+    never pooled with these as if they were more seeds; the variants table shows them apart."""
+    scale = main_budget_scale(df)
+    return df if scale is None else df[np.isclose(df["budget_scale"], scale)]
+
+
 def one_variant_per_defense(df: pd.DataFrame, exclude: dict | None = None) -> pd.DataFrame:
-    """Keep a single parameter set per defense: the default one if present, else the most common.
+    """Keep a single parameter set per defense, at the main budget scale: the default one if
+    present, else the most common.
 
     ``exclude`` maps a defense to parameter values that disqualify a row (e.g. MeCa with
     ``relabel_relearn`` on, which only Table IV shows)."""
+    df = at_main_budget(df)
     if df.empty:
         return df
     keep = []
