@@ -176,18 +176,21 @@ def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     sel = df[np.isclose(df["poison_ratio"], ratio)]
     model = main_model(sel)
     sel = sel[sel["model"] == model]
+    empty = Table("Variants", "no defense was run with more than one parameter set", ["Dataset", "Attack"], [], [])
+    if sel.empty:
+        return empty
     main = main_budget_scale(sel)
-    sel = sel[(sel["defense"] != "none") | np.isclose(sel["budget_scale"], main if main is not None else 1.0)]
+    sel = sel[(sel["defense"] != "none") | np.isclose(sel["budget_scale"], main)]
     key = sel["params_key"] + "@" + sel["budget_scale"].round(6).astype(str)
     variants = key.groupby(sel["defense"]).nunique()
     multi = [d for d in _ordered(variants.index, PAPER_DEFENSES + EXTRA_DEFENSES) if variants[d] > 1]
+    if not multi:
+        return empty
     sel = sel[sel["defense"].isin(["none", *multi])]
-    if not multi or sel.empty:
-        return Table("Variants", "no defense was run with more than one parameter set", ["Dataset", "Attack"], [], [])
 
     def name(defense, params, scale):
         text = variant_label(defense, params)
-        return text if main is None or np.isclose(scale, main) else f"{text} (budget x{scale:g})"
+        return text if np.isclose(scale, main) else f"{text} (budget x{scale:g})"
 
     sel = sel.assign(_v=[name(d, p, b) for d, p, b in zip(sel["defense"], sel["defense_params"], sel["budget_scale"])],
                      _d=sel["dataset"].map(lambda d: label("dataset", d)),

@@ -5,6 +5,7 @@ table has not been consolidated yet). Rates stay fractions in the table; reports
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -107,6 +108,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@functools.lru_cache(maxsize=None)
 def default_params_key(defense: str) -> str | None:
     """The canonical JSON of a defense's default parameters (None if it is not registered)."""
     try:
@@ -122,10 +124,12 @@ def variant_label(defense: str, params: dict) -> str:
     """A defense's display label, with the parameters that differ from its defaults, e.g.
     ``MeCa (warmup_epochs=25)``; the default parameter set gets the plain label."""
     default = default_params_key(defense)
-    base = {} if default is None else json.loads(default)
+    if default is None:
+        return label("defense", defense)
+    base = json.loads(default)
     changed = {k: v for k, v in sorted(params.items())
                if k != "preset" and json.dumps(base.get(k, "?"), default=str) != json.dumps(v, default=str)}
-    if default is None or not changed:
+    if not changed:
         return label("defense", defense)
     return f"{label('defense', defense)} ({', '.join(f'{k}={v}' for k, v in changed.items())})"
 
