@@ -1,7 +1,10 @@
 """Dataset plug-ins on small generated files in each real layout: shapes, labels, class names, the
-decoded-tensor cache, and the errors promised for missing and corrupt files."""
+decoded-tensor cache (and loading without writing it), the errors promised for missing and corrupt
+files, and received files read as data (crafted pickles refused, nothing in them run)."""
 from __future__ import annotations
 
+import builtins
+import os
 import pickle
 import warnings
 
@@ -30,9 +33,9 @@ def _cifar_images(n, seed):
     return rng.integers(0, 256, (n, 3072), dtype=np.uint8)
 
 
-def _dump(path, obj):
+def _dump(path, obj, protocol=2):
     with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=2)
+        pickle.dump(obj, fh, protocol=protocol)
 
 
 def make_cifar10(root, per_batch=4):
@@ -62,6 +65,10 @@ def make_cifar100(root):
     return d
 
 
+def _no_decode(*args, **kwargs):
+    raise AssertionError("decode called on a cached dataset")
+
+
 def test_cifar10_loads_pickles_warns_on_checksum_and_caches(tmp_path, monkeypatch):
     root = tmp_path / "data"
     d = make_cifar10(root)
@@ -80,10 +87,7 @@ def test_cifar10_loads_pickles_warns_on_checksum_and_caches(tmp_path, monkeypatc
     # second load: served from the cache, decode is not called
     from bench.datasets.cifar import Cifar10
 
-    def boom(*a, **k):
-        raise AssertionError("decode called on a cached dataset")
-
-    monkeypatch.setattr(Cifar10, "decode", boom)
+    monkeypatch.setattr(Cifar10, "decode", _no_decode)
     b2 = _load("cifar10", root, tmp_path)
     assert b2.fingerprint == b.fingerprint and torch.equal(b2.train.x, b.train.x)
 
@@ -154,6 +158,105 @@ def test_cifar10_corrupt_batch_names_the_file(tmp_path, damage):
         warnings.simplefilter("ignore")
         with pytest.raises(CorruptDataError, match="data_batch_3"):
             _load("cifar10", root, tmp_path)
+
+
+# -- received files are data ----------------------------------------------------------------------
+class _Calls:
+    """A pickled object whose unpickling calls ``fn(*args)`` (what a crafted batch file does)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _crafted_calls(marker):
+    return {"shell": _Calls(os.system, f"touch {marker}"), "open": _Calls(builtins.open, str(marker), "w")}
+
+
+@pytest.mark.parametrize("route", ["shell", "open"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_crafted_cifar_batch_is_refused_and_never_runs(tmp_path, route, protocol):
+    root = tmp_path / "data"
+    d = make_cifar10(root)
+    marker = tmp_path / "marker"
+    call = _crafted_calls(marker)[route]
+    _dump(d / "data_batch_2", {"data": _cifar_images(4, 0), "labels": [0, 1, 2, 3], "x": call}, protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CorruptDataError) as err:
+            _load("cifar10", root, tmp_path)
+    msg = str(err.value)
+    assert "data_batch_2" in msg and call.fn.__name__ in msg and "refused" in msg, msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_genuine_batches_with_bytes_keys_and_numpy_labels_load(tmp_path, protocol):
+    """Batches as CIFAR's own files are (a pickled dict of a numpy array), also with bytes keys (a
+    batch re-dumped after ``pickle.load(encoding="bytes")``) and numpy labels, under any protocol."""
+    root = tmp_path / "data"
+    d = make_cifar10(root)
+    x = _cifar_images(4, 5)
+    for i in range(1, 6):
+        _dump(d / f"data_batch_{i}", {b"batch_label": b"re-dumped", b"data": x,
+                                      b"labels": np.arange(i, i + 4) % 10, b"filenames": [b"a"] * 4}, protocol)
+    _dump(d / "test_batch", {"data": x[:2], "labels": [np.int64(3), np.int64(4)]}, protocol)
+    _dump(d / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]}, protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = _load("cifar10", root, tmp_path)
+    assert b.train.y[:4].tolist() == [1, 2, 3, 4] and b.test.y.tolist() == [3, 4]
+    assert torch.equal(b.train.x[:4], torch.from_numpy(x).reshape(4, 3, 32, 32))
+    assert b.classes[:2] == ["c0", "c1"]
+
+
+def test_load_without_writing_the_cache(tmp_path, monkeypatch):
+    """``write_cache=False`` decodes in memory, creates nothing under the cache folder, and still
+    reads (never deletes) an entry that is there."""
+    root = tmp_path / "data"
+    make_cifar10(root)
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = load_dataset("cifar10", root, cache, write_cache=False)
+        assert not cache.exists()
+        written = load_dataset("cifar10", root, cache)
+    assert torch.equal(first.train.x, written.train.x) and first.fingerprint == written.fingerprint
+    entries = sorted((cache / "datasets").iterdir())
+    assert any(p.suffix == ".pt" for p in entries)
+
+    from bench.datasets.cifar import Cifar10
+
+    monkeypatch.setattr(Cifar10, "decode", _no_decode)
+    again = load_dataset("cifar10", root, cache, write_cache=False)
+    assert torch.equal(again.test.x, written.test.x)
+    monkeypatch.undo()
+    monkeypatch.setenv("BENCH_NO_DOWNLOAD", "1")
+    pt = next(p for p in entries if p.suffix == ".pt")
+    pt.write_bytes(b"damaged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_dataset("cifar10", root, cache, write_cache=False)
+    assert pt.read_bytes() == b"damaged" and sorted((cache / "datasets").iterdir()) == entries
+
+
+def test_crafted_dataset_cache_file_is_not_run_and_is_rebuilt(tmp_path):
+    """The decoded-tensor cache is loaded with ``weights_only=True``: a cache file replaced by a
+    pickle that calls a function is refused (nothing runs) and rebuilt from the sources."""
+    root = tmp_path / "data"
+    make_cifar10(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = _load("cifar10", root, tmp_path)
+        pt = next((tmp_path / "cache" / "datasets").glob("cifar10-*.pt"))
+        marker = tmp_path / "marker"
+        torch.save({"train_x": _Calls(os.system, f"touch {marker}")}, pt)
+        again = _load("cifar10", root, tmp_path)
+    assert not marker.exists()
+    assert torch.equal(again.train.x, b.train.x)
+    assert torch.load(pt, weights_only=True)["train_x"].shape == b.train.x.shape
 
 
 def test_cifar100_fine_and_coarse(tmp_path):

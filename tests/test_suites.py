@@ -1,5 +1,6 @@
 """Suite files: loading, expansion (wildcards, presets, target, exclusions, blocks), filters,
-validation, and the shipped suites."""
+validation (which writes nothing and never calls what the registry refuses), and the shipped
+suites."""
 from __future__ import annotations
 
 import textwrap
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from bench.attack import Attack, AttackParams
 from bench.registry import ATTACKS, DEFENSES
 from bench.suite import (SuiteError, apply_filters, expand, list_suites, load_suite, suite_from_dict,
                          validate)
@@ -83,17 +85,17 @@ def test_meca_suites_use_the_paper_settings():
 
 def test_wildcards_exclusions_blocks_and_preset(tmp_path):
     @dataclass
-    class P:
-        target: int = 1
+    class P(AttackParams):
         alpha: float = 0.5
 
-    class WithPreset:
+    @ATTACKS.register("_suite_a")
+    class WithPreset(Attack):
         """test attack with a preset"""
         Params = P
-        label_mode = "dirty"
         presets = {"paper": {"alpha": 0.2}}
 
-    ATTACKS.add("_suite_a", WithPreset)
+        def apply_poison(self, x, idx):
+            return x
     suite = load_suite(toml(tmp_path, BASE + """
         attacks = ["_suite_*", "clean", "!clean"]
         ratios = [0.1, 0.2]
@@ -117,7 +119,7 @@ def test_wildcards_exclusions_blocks_and_preset(tmp_path):
     assert not any(s.defense.startswith("_") for s in specs)          # private plug-ins need "_" patterns
     clean = [s for s in specs if s.attack == "clean"]
     assert len(clean) == 1 and clean[0].attack_params == {} and clean[0].defense == "none"
-    assert a[0].train == {"epochs": 1} and a[0].budget_scale == 0.1 and a[0].n_train == 200
+    assert a[0].train == {"epochs": 1} and a[0].budget.scale == 0.1 and a[0].n_train == 200
 
 
 def test_filters_narrow_and_refuse_values_not_in_the_suite(tmp_path):
@@ -169,3 +171,72 @@ def test_validation_collects_names_params_ratios_and_cell_checks(tmp_path):
                    "reserve"):
         assert needle in text, (needle, text)
     assert len(problems) == len(set(problems))
+
+
+def test_train_and_budget_epochs_that_disagree_are_refused(tmp_path):
+    def suite(train_epochs):
+        return BASE + f"""
+            attacks = ["badnet"]
+            ratios = [0.1]
+            defenses = ["none"]
+            [train]
+            epochs = {train_epochs}
+        """
+
+    with pytest.raises(SuiteError, match=r"\[budget\] epochs = 1 and \[train\] epochs = 3 disagree"):
+        load_suite(toml(tmp_path, suite(3)))
+    agreeing = expand(load_suite(toml(tmp_path, suite(1), "ok.toml")))
+    assert {s.train["epochs"] for s in agreeing} == {1}
+    with pytest.raises(SuiteError, match=r"\[\[grid\]\] #1: \[budget\] epochs"):
+        load_suite(toml(tmp_path, suite(1) + """
+            [[grid]]
+            train = {epochs = 2}
+        """, "grid.toml"))
+
+
+def _refused_suite(tmp_path, **axes) -> str:
+    data = {"datasets": '[{name = "digits", params = {image_size = 16}}]', "models": '["cnn_tiny"]',
+            "attacks": '["badnet"]', "ratios": "[0.1]", "seeds": "[0]", "defenses": '["none"]', **axes}
+    return str(toml(tmp_path, "\n".join(f"{k} = {v}" for k, v in data.items())
+                    + "\nbudget = {epochs = 1, n_train = 200}\n", "refused.toml"))
+
+
+def _cli(*argv) -> int:
+    from bench.cli import main
+
+    return main(["run", *argv, "--no-progress"])
+
+
+def test_a_refused_suite_writes_nothing(tmp_path, capsys):
+    """Validation decodes data in memory: a refused suite leaves no results, cache or dataset files."""
+    path = _refused_suite(tmp_path, defenses='["none", "fine_tunning"]')
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    problems = validate(expand(load_suite(path)), cache_dir=cache)
+    assert any("fine_tunning" in p for p in problems)
+    assert not cache.exists()
+    for dry in ([], ["--dry-run"]):
+        assert _cli("--suite", path, "--results", str(results), "--cache-dir", str(cache), *dry) != 0
+        assert "fine_tunning" in capsys.readouterr().out
+        assert not results.exists() and not cache.exists()
+
+
+_SHELL = 'args = ["touch", "{marker}"]'
+
+
+@pytest.mark.parametrize("axis,name,params", [
+    ("attacks", "subprocess:run", _SHELL), ("defenses", "subprocess:run", _SHELL),
+    ("defenses", "subprocess:Popen", _SHELL),
+    ("defenses", "numpy:save", 'file = "{marker}", arr = [1]'),   # importable, but not a Defense
+])
+def test_a_suite_naming_a_non_plugin_is_refused_and_nothing_is_called(tmp_path, capsys, axis, name, params):
+    """``module:Object`` names resolve only to plug-ins of the axis' kind; anything else is refused
+    with a problem naming it, before it is ever called, under validate and --dry-run alike."""
+    marker = tmp_path / "marker.npy"
+    entry = f'[{{name = "{name}", params = {{{params.format(marker=marker)}}}}}]'
+    path = _refused_suite(tmp_path, **{axis: entry})
+    problems = validate(expand(load_suite(path), strict=False), cache_dir=tmp_path / "cache")
+    assert any(name in p for p in problems), problems
+    assert not marker.exists()
+    assert _cli("--suite", path, "--results", str(tmp_path / "results"), "--dry-run") != 0
+    assert name in capsys.readouterr().out
+    assert not marker.exists()

@@ -1,5 +1,5 @@
-"""Shared helpers of the file-based dataset plug-ins: image listing, parallel decoding, resizing,
-pickle reading and checksum warnings.
+"""Shared helpers of the file-based dataset plug-ins: image listing, parallel decoding, resizing
+and checksum warnings (pickled batches are read by :mod:`bench.datasets._pickle_data`).
 
 Images are decoded with Pillow in a joblib thread pool (Pillow releases the GIL while it decodes
 and resizes, so threads scale without the cost of copying pixels between processes). Every image is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -109,20 +108,6 @@ def decode_images(paths: Sequence[Path], size: int | None = None, what: str = "i
                 f"images of different sizes need a resize (set the dataset's image_size)")
     out = torch.from_numpy(np.stack(arrays))
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-def load_pickle(path: Path) -> dict:
-    """A CIFAR-style pickle (latin-1 strings); truncated or garbled files raise CorruptDataError."""
-    try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, MemoryError, UnicodeDecodeError) as exc:
-        raise CorruptDataError(f"cannot read {path}: not a valid pickle ({type(exc).__name__}: {exc}); "
-                               f"the file is truncated or damaged, delete it and get it again") from exc
-    if not isinstance(obj, dict):
-        raise CorruptDataError(f"cannot read {path}: expected a pickled dict, got {type(obj).__name__}")
-    return obj
 
 
 def md5(path: Path) -> str:

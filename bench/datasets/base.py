@@ -6,7 +6,10 @@ things: :meth:`~DatasetSource.locate` finds its source files under a data root (
 :meth:`~DatasetSource.decode` turns them into uint8 tensors. :func:`load_dataset` wraps both with a
 cache: the decoded tensors are stored under ``<cache>/datasets/`` keyed by the plug-in's name, its
 parameters and a fingerprint of the source files' contents, so the next load of unchanged files
-is a single ``torch.load``. The fingerprint goes into every result record.
+is a single ``torch.load`` (``weights_only=True``: a cache file is read as tensors, never run as
+code). The fingerprint goes into every result record. ``write_cache=False`` reads an existing cache
+entry but writes nothing (no cache file, no fingerprint memo): what suite validation uses, so that a
+refused suite leaves no trace in the cache folder.
 """
 from __future__ import annotations
 
@@ -88,11 +91,12 @@ def _file_digest(path: Path, memo: dict) -> str:
     return memo[key]
 
 
-def fingerprint_files(files: list[Path], root: Path, memo_dir: Path | None = None) -> str:
+def fingerprint_files(files: list[Path], root: Path, memo_dir: Path | None = None,
+                      update_memo: bool = True) -> str:
     """sha256 over the relative paths and content hashes of ``files`` (order-independent).
 
     Content hashes are memoised by (path, size, mtime) in ``memo_dir`` so that re-fingerprinting
-    an unchanged tree does not re-read it.
+    an unchanged tree does not re-read it; ``update_memo=False`` reads the memo but never writes it.
     """
     memo_path = memo_dir / _HASH_MEMO if memo_dir else None
     memo: dict = {}
@@ -109,7 +113,7 @@ def fingerprint_files(files: list[Path], root: Path, memo_dir: Path | None = Non
             rel = f
         h.update(str(rel).encode())
         h.update(_file_digest(f, memo).encode())
-    if memo_path:
+    if memo_path and update_memo:
         _atomic_write_text(memo_path, json.dumps(memo))
     return h.hexdigest()[:16]
 
@@ -143,30 +147,53 @@ def check_dataset(name: str, data_root: str | Path | None = None, **params) -> l
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-                 **params) -> DatasetBundle:
-    """Load a registered dataset as uint8 tensors, through the on-disk cache."""
+                 *, write_cache: bool = True, **params) -> DatasetBundle:
+    """Load a registered dataset as uint8 tensors, through the on-disk cache.
+
+    With ``write_cache=False`` an existing cache entry is still used, but a miss decodes the source
+    files in memory only: nothing is created, replaced or deleted under ``cache_dir``."""
     source = make_source(name, **params)
     root = Path(data_root) if data_root is not None else default_data_root()
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "datasets"
     files = source.locate(root)
-    fp = fingerprint_files(files, root, cache / "datasets") if files else "offline"
+    fp = fingerprint_files(files, root, cache, update_memo=write_cache) if files else "offline"
     pjson = json.dumps(params_to_dict(source.params), sort_keys=True)
     key = hashlib.sha256(f"{source.name}|{pjson}|{fp}".encode()).hexdigest()[:16]
-    path = cache / "datasets" / f"{source.name}-{key}.pt"
-    if path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            return DatasetBundle(source.name, Split(blob["train_x"], blob["train_y"]),
-                                 Split(blob["test_x"], blob["test_y"]), list(blob["classes"]),
-                                 fp, str(root), json.loads(blob["info"]))
-        except Exception:  # a corrupt cache file is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+    path = cache / f"{source.name}-{key}.pt"
+    cached = _read_cache(path, source.name, fp, root, discard_corrupt=write_cache)
+    if cached is not None:
+        return cached
     train, test, classes, info = source.decode(root, files)
-    info = dict(info, params=json.loads(pjson))
+    bundle = DatasetBundle(source.name, train, test, classes, fp, str(root), dict(info, params=json.loads(pjson)))
+    if write_cache:
+        _write_cache(path, bundle)
+    return bundle
+
+
+def _read_cache(path: Path, name: str, fingerprint: str, root: Path,
+                discard_corrupt: bool) -> DatasetBundle | None:
+    """The bundle cached at ``path`` (None when absent or unreadable; an unreadable file is deleted
+    when ``discard_corrupt``, so that it is rebuilt, never trusted)."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        return DatasetBundle(name, Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]),
+                             list(blob["classes"]), fingerprint, str(root), json.loads(blob["info"]))
+    except Exception:  # noqa: BLE001 - any damage means: decode again
+        if discard_corrupt:
+            path.unlink(missing_ok=True)
+        return None
+
+
+def _write_cache(path: Path, bundle: DatasetBundle) -> None:
+    """Store a decoded bundle atomically (temp file + rename): tensors, class names, info as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
     os.close(fd)
-    torch.save({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y,
-                "classes": classes, "info": json.dumps(info)}, tmp)
-    os.replace(tmp, path)
-    return DatasetBundle(source.name, train, test, classes, fp, str(root), info)
+    try:
+        torch.save({"train_x": bundle.train.x, "train_y": bundle.train.y, "test_x": bundle.test.x,
+                    "test_y": bundle.test.y, "classes": bundle.classes, "info": json.dumps(bundle.info)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -15,6 +15,8 @@ Choices:
   get the data. A folder that exists but lacks files is reported as such (no download attempt).
 * Checksums: files whose md5 differs from the official release are read with a warning, not
   refused (re-encoded copies exist; the fingerprint in every record identifies what was read).
+* Batches are read as data only (:mod:`bench.datasets._pickle_data`): a pickle that names any
+  global besides numpy's array builders is refused before anything in it runs.
 * Truncated or garbled pickles, or dicts without the expected keys/shapes, raise
   :class:`CorruptDataError` naming the file.
 * ``cifar100`` has ``label="fine"`` (100 classes, default) or ``"coarse"`` (20 superclasses).
@@ -29,7 +31,8 @@ import numpy as np
 import torch
 
 from bench.data import Split
-from bench.datasets._decode import load_pickle, warn_checksums
+from bench.datasets._decode import warn_checksums
+from bench.datasets._pickle_data import load_pickle
 from bench.datasets.base import CorruptDataError, DatasetSource
 from bench.registry import DATASETS
 
@@ -122,7 +125,7 @@ class _CifarBase(DatasetSource):
         meta = load_pickle(meta_path)
         if self.names_key not in meta:
             raise CorruptDataError(f"{meta_path}: expected key '{self.names_key}', found {sorted(map(str, meta))}")
-        classes = [str(c) for c in meta[self.names_key]]
+        classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in meta[self.names_key]]
         for split, what in ((train, "train"), (test, "test")):
             if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= len(classes)):
                 raise CorruptDataError(f"{self.name}: {what} labels outside 0..{len(classes) - 1}")
