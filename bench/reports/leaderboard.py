@@ -67,6 +67,8 @@ def _defense_rows(df: pd.DataFrame, asr_threshold: float, max_acc_drop: float) -
         cells = _per_cell(part)
         success = (cells["asr"] <= asr_threshold + audit.EPS) & ~audit.broken(cells, max_acc_drop)
         clean_part = clean[clean["defense"] == defense]
+        # mean ACC / ACC_nodef on attacked cells (row 0) and on clean cells (row 1): the same
+        # audit.acc_drop and audit.broken then judge both
         overall = pd.DataFrame([{"acc": cells["acc"].mean(), "acc_nodef": cells["acc_nodef"].mean()},
                                 {"acc": clean_part["acc"].mean(), "acc_nodef": clean_part["acc_nodef"].mean()}])
         rows.append({
