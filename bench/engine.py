@@ -90,8 +90,12 @@ def prepare_model(model: nn.Module, dev: torch.device | None = None) -> nn.Modul
 # -- cost accounting ------------------------------------------------------------------------------
 @dataclass
 class CostMeter:
+    """Training passes counted in a block, and each training phase (:func:`fit` call) it ran:
+    ``{"phase": desc, "steps": optimiser steps, "epochs": passes over that phase's data}``."""
+
     reference_size: int
     samples: int = 0
+    phases: list = field(default_factory=list)
 
     @property
     def epochs_equiv(self) -> float:
@@ -110,6 +114,20 @@ def measure_cost(reference_size: int):
         yield meter
     finally:
         _METER.reset(token)
+
+
+_STEP_FLOOR: contextvars.ContextVar[int] = contextvars.ContextVar("bench_step_floor", default=0)
+
+
+@contextlib.contextmanager
+def step_floor(min_steps: int):
+    """Inside the block no :func:`fit` phase takes fewer than ``min_steps`` optimiser steps (the
+    budget's floor, applied alike to every defense; the schedule stretches over the extra steps)."""
+    token = _STEP_FLOOR.set(int(min_steps))
+    try:
+        yield
+    finally:
+        _STEP_FLOOR.reset(token)
 
 
 def count_passes(n: int) -> None:
@@ -282,10 +300,10 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
     x_all = data.x.to(dev, non_blocking=True)
     y_all = None if data.y is None else data.y.to(dev, non_blocking=True)
     steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
-    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    total_steps = max(1, _STEP_FLOOR.get(), round(cfg.epochs * steps_per_epoch))
     result = FitResult(epochs=cfg.epochs, steps=total_steps)
     bar = _progress(total_steps, desc)
-    step, epoch = 0, 0
+    step, epoch, seen = 0, 0, 0
     while step < total_steps:
         order = pool[torch.randperm(n, generator=g)]
         epoch_loss, epoch_steps = 0.0, 0
@@ -317,6 +335,7 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
                 torch.nn.utils.clip_grad_norm_(opt_params, cfg.grad_clip)
             opt.step()
             count_passes(len(idx))
+            seen += len(idx)
             epoch_loss += float(loss.detach())
             epoch_steps += 1
             step += 1
@@ -329,6 +348,10 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
     bar.close()
     for m in models:
         m.eval()
+    result.steps = step
+    meter = _METER.get()
+    if meter is not None:
+        meter.phases.append({"phase": desc, "steps": step, "epochs": round(seen / n, 4)})
     return result
 
 

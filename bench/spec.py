@@ -1,17 +1,23 @@
 """Run specifications: what one run is, and the hashes that name it.
 
 A :class:`RunSpec` fixes everything a run's numbers depend on (dataset and its subset sizes, model,
-attack and parameters, poison ratio, defense and parameters, seed, training recipe, budget scale,
+attack and parameters, poison ratio, defense and parameters, seed, training recipe, budget,
 clean-reserve fraction). Its ``run_id`` is a hash of those fields, so the same spec always maps to
 the same record, and ``cell_id`` hashes only the fields the backdoored model depends on, so every
 repair defense of a cell shares one trained model. Where the data lives and which suite asked for
 the run are not part of the hash.
+
+The clean reserve is carved out of the training set *before* poisoning, so its fraction names the
+cell (the victim trains on the rest). A poison ratio of 0 is a clean cell (:attr:`RunSpec.is_clean`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
+
+from bench.budget import Budget
 
 
 def stable_hash(obj, n: int = 16) -> str:
@@ -35,27 +41,42 @@ class RunSpec:
     defense_params: dict = field(default_factory=dict)
     dataset_params: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)          # TrainConfig overrides of the backdoor training
-    budget_scale: float = 1.0
+    budget: Budget = field(default_factory=Budget)
     reserve_fraction: float = 0.05
     n_train: int | None = None
     n_test: int | None = None
     suite: str = field(default="", compare=False)
+    budget_scale: InitVar[float | None] = None         # shorthand: RunSpec(..., budget_scale=0.2)
 
     _NOT_HASHED = ("suite",)
-    _DEFENSE_FIELDS = ("defense", "defense_params", "budget_scale", "reserve_fraction")
+    _DEFENSE_FIELDS = ("defense", "defense_params", "budget")
+
+    def __post_init__(self, budget_scale):
+        budget = Budget.from_value(self.budget)
+        if budget_scale is not None:
+            budget = Budget(scale=budget_scale, min_steps=budget.min_steps)
+        object.__setattr__(self, "budget", budget)
+
+    @property
+    def is_clean(self) -> bool:
+        """A clean cell: the victim trains on unpoisoned data (poison ratio 0)."""
+        return self.poison_ratio == 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} | {"budget_scale"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def hashed(self) -> dict:
+        """The fields that name the run, with the code of its attack and defense plug-ins
+        (:func:`plugin_code`): a changed plug-in is a new run."""
         d = self.to_dict()
         for k in self._NOT_HASHED:
             d.pop(k, None)
+        d["code"] = {"attack": plugin_code("attack", self.attack), "defense": plugin_code("defense", self.defense)}
         return d
 
     @property
@@ -64,14 +85,16 @@ class RunSpec:
 
     @property
     def cell(self) -> dict:
-        """The fields the poisoned set and the backdoored model depend on. The budget scale is a
-        defense field, except for attacks that train a surrogate or generator (``needs_model``):
-        their poison depends on the attacker's scaled budget, so it names their cell too."""
+        """The fields the poisoned set and the backdoored model depend on (the reserve fraction
+        among them: the reserve is carved out before poisoning). The budget is a defense field,
+        except for attacks that train a surrogate or generator (``needs_model``): their poison
+        depends on the attacker's scaled budget, so its scale names their cell too."""
         d = self.hashed()
         for k in self._DEFENSE_FIELDS:
             d.pop(k, None)
+        d["code"] = {"attack": d["code"]["attack"]}
         if _attack_needs_model(self.attack):
-            d["attack_budget_scale"] = self.budget_scale
+            d["attack_budget_scale"] = self.budget.scale
         return d
 
     @property
@@ -84,8 +107,8 @@ class RunSpec:
         so its model does not depend on the attack: all clean cells of a (dataset, model, seed)
         share one training; the attack still decides the triggered test set."""
         d = self.cell
-        if self.poison_ratio == 0:
-            d["attack"], d["attack_params"] = "(clean)", {}
+        if self.is_clean:
+            d["attack"], d["attack_params"], d["code"] = "(clean)", {}, {}
             d.pop("attack_budget_scale", None)
         return stable_hash(d)
 
@@ -106,3 +129,56 @@ def _attack_needs_model(name: str) -> bool:
         return bool(getattr(ATTACKS.get(name).obj, "needs_model", True))
     except Exception:
         return True
+
+
+_CODE: dict[tuple[str, str], str] = {}
+
+
+def plugin_code(kind: str, name: str) -> str:
+    """A fingerprint of a plug-in's code: the SHA-256 of its module's source file (with the
+    distribution's version for an installed third-party package). Plug-ins of the framework
+    itself (the ``clean`` attack, the ``none`` defense) are ``"builtin"``; an unknown name is
+    ``"unknown"`` (the suite's validation reports it)."""
+    key = (kind, name)
+    if key not in _CODE:
+        _CODE[key] = _code_fingerprint(kind, name)
+    return _CODE[key]
+
+
+def _code_fingerprint(kind: str, name: str) -> str:
+    import inspect
+    import sys
+
+    from bench.registry import ATTACKS, DEFENSES
+
+    try:
+        obj = (ATTACKS if kind == "attack" else DEFENSES).get(name).obj
+    except Exception:  # noqa: BLE001
+        return "unknown"
+    module = getattr(obj, "__module__", "") or ""
+    if module.startswith("bench.") or module == "bench":
+        return "builtin"
+    try:
+        source = inspect.getsourcefile(sys.modules[module]) or ""
+        with open(source, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()[:16]
+    except (KeyError, TypeError, OSError):
+        return "unknown"
+    version = ""
+    try:
+        from importlib import metadata
+
+        dist = [d for d in _distributions().get(module.split(".")[0], [])
+                if d != "backdoor-bench"]   # the suite's own plug-ins: the source hash says it all
+        if dist:
+            version = metadata.version(dist[0]) + ":"
+    except Exception:  # noqa: BLE001
+        version = ""
+    return version + digest
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict:
+    from importlib import metadata
+
+    return metadata.packages_distributions()

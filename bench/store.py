@@ -32,70 +32,16 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Iterator
 
-REQUIRED_FIELDS = ("run_id", "spec", "status", "dataset", "model", "attack", "defense", "seed")
-
-COLUMNS = ["run_id", "suite", "dataset", "model", "attack", "poison_ratio", "target", "defense", "seed",
-           "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr", "precision", "auroc",
-           "flagged", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "status", "error",
-           "attack_params", "defense_params", "dataset_params", "train", "budget_scale",
-           "reserve_fraction", "n_train", "n_test", "n_poison", "n_cover", "oracle", "cell_id",
-           "backdoor_artifact", "backdoor_cache_hit", "defense_artifact", "defense_cache_hit", "data_fingerprint", "device", "host",
-           "code_version", "versions", "started_at", "finished_at", "extra", "defense_info"]
-_JSON_COLUMNS = ("attack_params", "defense_params", "dataset_params", "train", "oracle", "versions",
-                 "extra", "defense_info")
-
+from bench.files import atomic_torch_save, atomic_write_bytes, atomic_write_text, exclusive_lock
+from bench.record import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, REQUIRED_FIELDS, dumps_record, flatten
 
 class CorruptRecordError(ValueError):
     """A record file that cannot be trusted."""
-
-
-# -- atomic writes --------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path):
-    """A blocking exclusive flock (for short critical sections such as consolidation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Claim:
@@ -194,8 +140,6 @@ class Store:
 
     def write(self, record: dict, diagnostics: dict | None = None) -> Path:
         """Write a run's diagnostics (if any) then its record, both atomically."""
-        from bench.runner import dumps_record
-
         run_id = record["run_id"]
         if diagnostics is not None:
             atomic_torch_save(diagnostics, self.diagnostics_path(run_id))
@@ -294,11 +238,9 @@ class Store:
                 df[c] = None
         rest = [c for c in df.columns if c not in COLUMNS]
         df = df[COLUMNS + rest]
-        for c in ("poison_ratio", "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr",
-                  "precision", "auroc", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s",
-                  "budget_scale", "reserve_fraction", "started_at", "finished_at"):
+        for c in FLOAT_COLUMNS:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-        for c in ("seed", "target", "n_train", "n_test", "n_poison", "n_cover", "flagged"):
+        for c in INT_COLUMNS:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
         for c in df.columns:
             if df[c].dtype == object:
@@ -320,28 +262,3 @@ class Store:
             atomic_write_text(csv, df.to_csv(index=False))
         return pq, csv
 
-
-def flatten(rec: dict) -> dict:
-    """One tidy row from a record: spec fields lifted, nested values as JSON strings."""
-    spec = rec.get("spec") or {}
-    row = {c: rec.get(c) for c in COLUMNS}
-    for k in ("suite", "dataset", "model", "attack", "poison_ratio", "defense", "seed", "dataset_params",
-              "train", "budget_scale", "reserve_fraction"):
-        if row.get(k) in (None, "") and k in spec:
-            row[k] = spec[k]
-    if row.get("attack_params") is None:
-        row["attack_params"] = spec.get("attack_params")
-    if row.get("defense_params") is None:
-        row["defense_params"] = spec.get("defense_params")
-    if row.get("target") is None:
-        row["target"] = (spec.get("attack_params") or {}).get("target")
-    if row.get("n_train") is None:
-        row["n_train"] = spec.get("n_train")
-    if row.get("n_test") is None:
-        row["n_test"] = spec.get("n_test")
-    if row.get("cell_id") is None:
-        row["cell_id"] = rec.get("cell_id")
-    for k in _JSON_COLUMNS:
-        v = row.get(k)
-        row[k] = None if v is None else json.dumps(v, sort_keys=True, default=str)
-    return row

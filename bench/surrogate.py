@@ -13,7 +13,7 @@ This module gives them one way to do it:
   compute it once. Without a ``cache_dir`` it just computes.
 * :func:`standard_surrogate`: a fresh model of the cell's architecture trained on the clean
   training set with the cell's own recipe (``ctx.train_config``), its epochs scaled by the budget
-  (:func:`scaled_epochs`: paper epochs x ``ctx.budget_scale``, at least 1). Narcissus
+  (:func:`scaled_epochs`: paper epochs x ``ctx.budget.scale``, at least 1). Narcissus
   (``pood="self"``) and LC (``surrogate="clean"``) both use it and share one cached copy per cell.
 * :class:`Frozen` wraps a trained model for optimisation *through* it (trigger synthesis, PGD):
   it stays in eval mode and takes no gradient even when :func:`bench.engine.fit` calls ``train()``.
@@ -33,9 +33,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from bench import engine
+from bench import artifacts, engine
 from bench.data import Split
-from bench.defense import Budget
 from bench.spec import derive_seed, stable_hash
 
 _DIGESTS: dict[tuple, str] = {}
@@ -82,7 +81,7 @@ def sub_generator(ctx, *tags) -> torch.Generator:
 
 def scaled_epochs(ctx, paper_epochs: float) -> float:
     """Paper epochs scaled by the suite's budget (at least 1, never above the paper's)."""
-    return Budget(ctx.budget_scale).epochs(paper_epochs)
+    return ctx.budget.epochs(paper_epochs)
 
 
 def artifact_key(kind: str, **parts) -> str:
@@ -95,31 +94,14 @@ def artifact_key(kind: str, **parts) -> str:
 
 
 # -- the artifact cache ---------------------------------------------------------------------------
-def cache_path(ctx, kind: str, key: str) -> Path | None:
-    if not getattr(ctx, "cache_dir", None):
-        return None
-    return Path(ctx.cache_dir) / kind / f"{key}.pt"
-
-
 def cached(ctx, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """``(artifact, loaded)``: the artifact from the cache, or ``compute()`` written to it.
-
-    Artifacts are dicts of tensors / plain values, saved with ``torch.save`` atomically under a
-    lock; an unreadable file is recomputed."""
-    from bench.store import atomic_torch_save, exclusive_lock
-
-    path = cache_path(ctx, kind, key)
-    if path is None:
+    """``(artifact, loaded)``: the artifact from ``<ctx.cache_dir>/<kind>``, or ``compute()``
+    written there (:func:`bench.artifacts.cached`: a dict of tensors / plain values, loaded as data
+    only); without a cache folder it is simply computed."""
+    if not getattr(ctx, "cache_dir", None):
         return compute(), False
-    with exclusive_lock(path.with_suffix(".lock")):
-        if path.exists():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=False), True
-            except Exception:
-                path.unlink(missing_ok=True)
-        blob = compute()
-        atomic_torch_save(blob, path)
-        return blob, False
+    blob, _, hit = artifacts.cached(Path(ctx.cache_dir) / kind, key, lambda: (compute(), {"kind": kind}))
+    return blob, hit
 
 
 # -- models ---------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and data roots (nothing leaks between tests)."""
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
-    from bench import runner
+    from bench.cell import clear_memo
 
-    runner._CELL_MEMO.clear()
+    clear_memo()
     yield
-    runner._CELL_MEMO.clear()
+    clear_memo()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from bench.data import Split
 from bench.defense import Defense, DefenseOutput, ProtocolError
 from bench.metrics import auroc
 from bench.registry import ATTACKS, DEFENSES
+from bench.cell import split_reserve
 from bench.runner import build_cell, build_context, execute
 from bench.spec import RunSpec
 
@@ -33,31 +34,23 @@ class StampAttack(Attack):
         return out
 
 
-SEEN = {}
-
-
 @DEFENSES.register("_test_cheater")
 class Cheater(Defense):
-    """Tries to read everything the protocol forbids, and records what happened."""
+    """Tries to read everything the protocol forbids, and reports what happened in its info."""
 
     stage = "repair"
 
     def run(self, ctx):
+        seen = {}
         for name in ["test", "test_set", "poison_mask", "cover_mask", "target", "poison_ratio", "attack",
-                     "attack_name", "source_classes"]:
+                     "attack_name", "source_classes", "reserve", "train"]:
             try:
                 getattr(ctx, name)
-                SEEN[name] = "GOT IT"
+                seen[name] = "GOT IT"
             except ProtocolError as exc:
-                SEEN[name] = str(exc)
-        for name in ["reserve", "train"]:
-            try:
-                getattr(ctx, name)
-                SEEN[name] = "GOT IT"
-            except ProtocolError as exc:
-                SEEN[name] = str(exc)
-        SEEN["attrs"] = [a for a in dir(ctx) if not a.startswith("__")]
-        return DefenseOutput(ctx.model)
+                seen[name] = str(exc)
+        seen["attrs"] = [a for a in dir(ctx) if not a.startswith("__")]
+        return DefenseOutput(ctx.model, info=seen)
 
 
 @DEFENSES.register("_test_reserve_user")
@@ -69,9 +62,8 @@ class ReserveUser(Defense):
     reserve_labels = False
 
     def run(self, ctx):
-        SEEN["reserve_len"] = len(ctx.reserve)
-        SEEN["reserve_labels"] = ctx.reserve.y
-        return DefenseOutput(ctx.model)
+        return DefenseOutput(ctx.model, info={"reserve_len": len(ctx.reserve),
+                                              "reserve_labelled": ctx.reserve.y is not None})
 
 
 SPEC = dict(dataset="digits", model="cnn_tiny", attack="_test_stamp", poison_ratio=0.1,
@@ -79,8 +71,8 @@ SPEC = dict(dataset="digits", model="cnn_tiny", attack="_test_stamp", poison_rat
 
 
 def test_cheating_defense_gets_errors_and_no_data():
-    SEEN.clear()
     record, _ = execute(RunSpec(defense="_test_cheater", **SPEC))
+    SEEN = record["defense_info"]
     for name in ["test", "test_set", "poison_mask", "cover_mask", "target", "poison_ratio", "attack",
                  "attack_name", "source_classes"]:
         assert SEEN[name] != "GOT IT", name
@@ -94,20 +86,21 @@ def test_cheating_defense_gets_errors_and_no_data():
 
 
 def test_reserve_is_only_what_was_declared():
-    SEEN.clear()
     record, _ = execute(RunSpec(defense="_test_reserve_user", **SPEC))
-    n_train = record["n_train"]
-    assert SEEN["reserve_len"] == int(0.05 * n_train)
-    assert SEEN["reserve_labels"] is None
+    n_total = record["n_train"] + record["reserve_size"]   # the reserve was carved out first
+    assert record["defense_info"]["reserve_len"] == record["reserve_size"] == int(0.05 * n_total)
+    assert record["defense_info"]["reserve_labelled"] is False
 
 
 def test_poisoned_samples_keep_positions_and_8bit_grid():
     cell = build_cell(RunSpec(defense="none", **SPEC))
     data, mask = cell.poisoned.data, cell.poisoned.poison_mask
     assert data.x.dtype == torch.uint8  # quantised exactly like clean images
-    assert len(data) == len(cell.bundle.train)  # nothing appended
+    _, victim_idx = split_reserve(len(cell.bundle.train), cell.spec.reserve_fraction, cell.seeds)
+    victim = cell.bundle.train.subset(victim_idx)
+    assert len(data) == len(victim) == len(cell.bundle.train) - len(cell.reserve)  # nothing appended
     unchanged = ~mask & ~cell.poisoned.cover_mask
-    assert torch.equal(data.x[unchanged], cell.bundle.train.x[unchanged])  # positions kept
+    assert torch.equal(data.x[unchanged], victim.x[unchanged])  # positions kept
     # the index says nothing about poison: AUROC of "index" as a poison score is near chance
     idx_score = torch.arange(len(mask)).float()
     assert abs(auroc(idx_score, mask) - 0.5) < 0.1

@@ -11,18 +11,21 @@ from bench.spec import RunSpec
 
 BASE = dict(dataset="digits", model="cnn_tiny", seed=0, dataset_params={"image_size": 16},
             train={"epochs": 1, "batch_size": 64}, budget_scale=0.1, n_train=400, n_test=200)
-SEEN: list = []
 
 
 @DEFENSES.register("_reuse_probe")
 class ReuseProbe(Defense):
-    """Test-only: records the budget and the first draw of its generator, returns the model."""
+    """Test-only: reports the budget and the first draw of its generator, returns the model."""
 
     stage = "repair"
 
     def run(self, ctx):
-        SEEN.append((ctx.budget.scale, torch.randint(0, 10**9, (1,), generator=ctx.generator).item()))
-        return DefenseOutput(ctx.model)
+        draw = torch.randint(0, 10**9, (1,), generator=ctx.generator).item()
+        return DefenseOutput(ctx.model, info={"scale": ctx.budget.scale, "draw": draw})
+
+
+def _probe(rec):
+    return rec["defense_info"]["scale"], rec["defense_info"]["draw"]
 
 
 def test_the_budget_names_the_cell_of_an_attack_that_trains_a_model():
@@ -40,30 +43,25 @@ def test_the_budget_names_the_cell_of_an_attack_that_trains_a_model():
 
 
 def test_a_run_takes_its_defense_fields_from_its_own_spec():
-    SEEN.clear()
+    from bench.cell import clear_memo
+
     a = RunSpec(attack="badnet", poison_ratio=0.1, defense="_reuse_probe", **BASE)
     b = RunSpec(attack="badnet", poison_ratio=0.1, defense="_reuse_probe", **{**BASE, "budget_scale": 0.5})
     assert a.cell_id == b.cell_id        # one memoised cell serves both
-    execute(a)
-    execute(b)
-    assert [s for s, _ in SEEN] == [0.1, 0.5]
+    assert [_probe(execute(s)[0])[0] for s in (a, b)] == [0.1, 0.5]
     cell = build_cell(a)
     assert build_context(DEFENSES.create("none"), cell, None, spec=b).budget.scale == 0.5
     # the generator stream belongs to the run's defense, not to whichever run built the cell
-    import bench.runner as runner
-
-    runner._CELL_MEMO.clear()
+    clear_memo()
     execute(RunSpec(attack="badnet", poison_ratio=0.1, defense="none", **BASE))   # builds the cell
-    execute(a)
-    after_other = SEEN[-1][1]
-    runner._CELL_MEMO.clear()
-    execute(a)                                                                    # builds it itself
-    assert SEEN[-1][1] == after_other
+    after_other = _probe(execute(a)[0])[1]
+    clear_memo()
+    assert _probe(execute(a)[0])[1] == after_other                                # builds it itself
 
 
 def test_clean_cells_of_several_attacks_share_one_defense_output(tmp_path):
     specs = [RunSpec(attack=a, poison_ratio=0.0, defense="fine_tuning", **BASE) for a in ("badnet", "blend", "sig")]
-    assert len({clean_defense_id(s) for s in specs}) == 1
+    assert len({clean_defense_id(s, "salt") for s in specs}) == 1
     assert len({s.run_id for s in specs}) == 3
     records = [execute(s, cache_dir=tmp_path)[0] for s in specs]
     assert [r["defense_cache_hit"] for r in records] == [False, True, True]
@@ -75,7 +73,8 @@ def test_clean_cells_of_several_attacks_share_one_defense_output(tmp_path):
     poisoned, _ = execute(RunSpec(attack="badnet", poison_ratio=0.1, defense="fine_tuning", **BASE), cache_dir=tmp_path)
     assert poisoned["defense_cache_hit"] is False and poisoned["defense_artifact"] is None
     other = RunSpec(attack="badnet", poison_ratio=0.0, defense="fine_tuning", **{**BASE, "budget_scale": 0.2})
-    assert clean_defense_id(other) != clean_defense_id(specs[0])
+    assert clean_defense_id(other, "salt") != clean_defense_id(specs[0], "salt")
+    assert clean_defense_id(specs[0], "salt") != clean_defense_id(specs[0], "another salt")
 
 
 def test_scheduler_queues_reusing_jobs_last(tmp_path):
