@@ -5,7 +5,8 @@ Commands: ``list`` (registered plug-ins and suites), ``run`` (a suite through th
 (engine throughput against a naive pipeline). With no command, the offline ``smoke`` suite runs.
 
 Each command's options and behaviour live in its own module (``bench.scheduler``, ``bench.report``,
-``bench.compare``, ``bench.perf``), which exposes ``add_arguments(parser)`` and ``main(args)``.
+``bench.compare``, ``bench.perf``), which exposes ``add_arguments(parser)`` and ``main(args)``;
+this module only builds the parser from them and lists the registries.
 """
 from __future__ import annotations
 
@@ -37,12 +38,8 @@ def _list_main(args) -> int:
         print(f"no {what} match '{args.pattern}'", file=sys.stderr)
         return 1
     for name in names:
-        entry = reg.get(name)
-        tags = ", ".join(f"{k}={v}" for k, v in sorted(entry.metadata.items()) if k not in ("doc",))
-        obj = entry.obj
-        for attr in ("stage", "label_mode"):
-            if hasattr(obj, attr) and attr not in entry.metadata:
-                tags = ", ".join(filter(None, [f"{attr}={getattr(obj, attr)}", tags]))
+        entry = reg.get(name)  # an attack's or defense's metadata are its card's tags (stage, label mode, ...)
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(entry.metadata.items()) if k != "doc")
         print(f"{name:18s} {entry.doc}" + (f"  [{tags}]" if tags else ""))
     return 0
 

@@ -1,8 +1,8 @@
 """The scheduler and the results store: reuse, failures, resume, kills, concurrency, Dask.
 
 Everything here uses only the ``clean`` attack, the ``_test_patch`` attack of conftest.py, the
-``none`` defense and the tiny test defenses of ``PLUGINS`` below (a repair one, a train-stage one
-and one that raises), written to a module that every worker process imports (``--import``).
+``none`` defense and the tiny test defenses defined below (a repair one, a train-stage one and one
+that raises), which every worker process imports with this module (``--import test_scheduler``).
 """
 from __future__ import annotations
 
@@ -13,66 +13,77 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from bench import scheduler
-from bench.store import Store
-
-TESTS_DIR = Path(__file__).resolve().parent
-
-PLUGINS = '''
-"""Test plug-ins for tests/test_scheduler.py (imported by the scheduler and its workers)."""
-import time
-from dataclasses import dataclass
-
 import torch
 
-import conftest  # noqa: F401  (registers the _test_patch attack)
+import conftest  # noqa: F401  (registers the _test_patch attack, also in worker processes)
+from bench import scheduler
 from bench.defense import Defense, DefenseOutput
 from bench.registry import DEFENSES
+from bench.store import Store
+from bench.watchdog import descendants, process_table
+
+TESTS_DIR = Path(__file__).resolve().parent
+PLUGIN_MODULE = __name__  # what workers import to register the test plug-ins
 
 
+# -- test plug-ins: at module level, so a worker (``--import test_scheduler``) and an isolated defense
+# process (which imports a defense by its module and qualified name) find them --------------------------
 @dataclass
 class RepairParams:
     tag: int = 0          # different tags make different runs of the same cell
     sleep: float = 0.0
 
 
-if "_t_repair" not in DEFENSES.names():
-    @DEFENSES.register("_t_repair")
-    class TRepair(Defense):
-        """Test repair defense: the backdoored model as it is, random detection scores."""
+@dataclass
+class TrainParams:
+    sleep: float = 0.0
+    started_flag: str = ""   # a file created when run() starts (tells a test the defense is running)
 
-        Params = RepairParams
-        stage = "repair"
-        needs_train = True
-        detects = True
 
-        def run(self, ctx):
-            time.sleep(self.params.sleep)
-            return DefenseOutput(ctx.model, scores=torch.rand(len(ctx.train), generator=ctx.generator))
+@DEFENSES.register("_t_repair")
+class TRepair(Defense):
+    """Test repair defense: the backdoored model as it is, random detection scores."""
 
-    @DEFENSES.register("_t_train")
-    class TTrain(Defense):
-        """Test training-time defense: an untrained fresh model."""
+    Params = RepairParams
+    stage = "repair"
+    needs_train = True
+    detects = True
 
-        stage = "train"
+    def run(self, ctx):
+        time.sleep(self.params.sleep)
+        return DefenseOutput(ctx.model, scores=torch.rand(len(ctx.train), generator=ctx.generator))
 
-        def run(self, ctx):
-            return DefenseOutput(ctx.new_model())
 
-    @DEFENSES.register("_t_fail")
-    class TFail(Defense):
-        """Test defense that always raises."""
+@DEFENSES.register("_t_train")
+class TTrain(Defense):
+    """Test training-time defense: an untrained fresh model (after ``sleep`` seconds)."""
 
-        stage = "repair"
+    Params = TrainParams
+    stage = "train"
 
-        def run(self, ctx):
-            raise RuntimeError("boom from _t_fail")
-'''
+    def run(self, ctx):
+        if self.params.started_flag:
+            Path(self.params.started_flag).touch()
+        time.sleep(self.params.sleep)
+        return DefenseOutput(ctx.new_model())
+
+
+@DEFENSES.register("_t_fail")
+class TFail(Defense):
+    """Test defense that always raises."""
+
+    stage = "repair"
+
+    def run(self, ctx):
+        raise RuntimeError("boom from _t_fail")
+
+
+WORKER_EXIT_SECONDS = 5   # a worker polls for its scheduler about once a second
 
 BASE = """
 datasets = [{name = "digits", params = {image_size = 16}}]
@@ -85,16 +96,9 @@ train = {batch_size = 128}
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """A plug-in module on sys.path (inherited by worker processes) and a results folder."""
-    pdir = tmp_path / "plugins"
-    pdir.mkdir()
-    (pdir / "sched_test_plugins.py").write_text(PLUGINS)
-    monkeypatch.syspath_prepend(str(pdir))
+    """A results folder; this module importable by worker processes (``PYTHONPATH``)."""
     monkeypatch.syspath_prepend(str(TESTS_DIR))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pdir), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
-    import importlib
-
-    importlib.import_module("sched_test_plugins")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
     return tmp_path
 
 
@@ -105,7 +109,7 @@ def write_suite(path: Path, body: str) -> Path:
 
 
 def run(suite, results, **kw):
-    kw.setdefault("imports", ["sched_test_plugins"])
+    kw.setdefault("imports", [PLUGIN_MODULE])
     kw.setdefault("progress", False)
     kw.setdefault("workers", 1)
     return scheduler.run_suite(suite, results=results, **kw)
@@ -229,10 +233,32 @@ def test_filters_and_dry_run(env, capsys):
     assert out.exit_code == scheduler.EXIT_INVALID and "0.3" in out.problems[0]
 
 
+@pytest.mark.parametrize("folder", ["results", "cache"])
+def test_unwritable_results_or_cache_folder_is_refused_before_any_job(env, folder):
+    suite = write_suite(env / "w.toml", """
+        attacks = ["_test_patch"]
+        ratios = [0.1]
+        defenses = ["none"]
+    """)
+    blocker = env / "file.txt"  # a regular file: nothing can be created under it, not even by root
+    blocker.write_text("not a folder")
+    res, cache = env / "results", env / "cache"
+    if folder == "results":
+        res = blocker / "results"
+    else:
+        cache = blocker / "cache"
+    out = run(suite, res, cache_dir=cache)
+    assert out.exit_code == scheduler.EXIT_INVALID and len(out.problems) == 1, out.problems
+    (problem,) = out.problems
+    assert str(res if folder == "results" else cache) in problem and "not a folder" in problem
+    assert ("--results" if folder == "results" else "--cache-dir") in problem
+    assert not cache.exists() and not res.exists() and blocker.read_text() == "not a folder"
+
+
 # -- kill and concurrency (the scheduler in subprocesses) ---------------------------------------------
 def _cli(suite: Path, res: Path, *extra: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))",
-            "run", "--suite", str(suite), "--results", str(res), "--import", "sched_test_plugins",
+            "run", "--suite", str(suite), "--results", str(res), "--import", PLUGIN_MODULE,
             "--no-progress", *extra]
 
 
@@ -273,6 +299,42 @@ def test_sigkill_mid_grid_leaves_complete_records_and_resumes(env):
     assert len(recs) == 6 and all(r["status"] == "ok" for r in recs.values())
     rerun = started(res)[len(events_before):]
     assert not set(rerun) & set(recs_before) and set(rerun) | set(recs_before) == set(recs)
+
+
+def _living(procs: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Those of the (pid, start time) pairs that are still running (not zombies)."""
+    table = process_table()
+    return {(p, start) for p, start in procs if p in table and table[p][2] == start and table[p][1] not in "ZX"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_exit_when_the_scheduler_is_killed(env):
+    flag = env / "started"
+    suite = write_suite(env / "w.toml", f"""
+        attacks = ["_test_patch"]
+        ratios = [0.1]
+        defenses = [{{name = "_t_train", params = {{sleep = 120, started_flag = "{flag}"}}}}]
+    """)
+    proc = subprocess.Popen(_cli(suite, env / "results", "--workers", "2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=env)
+    try:
+        deadline = time.time() + 60
+        while not flag.exists():  # a worker is inside a long defense run, the other one idles
+            assert proc.poll() is None and time.time() < deadline, "the defenses never started"
+            time.sleep(0.2)
+        table = process_table()  # the workers and whatever they started (e.g. isolated defense processes)
+        tree = {(p, table[p][2]) for p in descendants(proc.pid) if p in table}
+        assert len(tree) >= 3
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.time() + WORKER_EXIT_SECONDS
+    while _living(tree) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _living(tree)
+    for pid, _ in left:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "processes of the killed scheduler outlived it"
 
 
 def test_two_schedulers_on_one_folder_run_each_run_once(env):
