@@ -23,6 +23,7 @@ import torch
 
 from attacks.blend import BlendImageAttack, BlendParams
 from bench.attack import AttackConfigError
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 from bench.triggers import piece_masks, stamp
 
@@ -45,9 +46,12 @@ class AdaptiveBlendParams(BlendParams):
         return round(self.mask_rate * self.pieces)
 
 
-@ATTACKS.register("adaptive_blend", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class AdaptiveBlend(BlendImageAttack):
     """Adaptive-Blend: partial (8 of 16 pieces) kitty blend at alpha 0.2, 1 % cover samples."""
+
+    card = AttackCard(name="adaptive_blend", label="AdaptiveBlend", paper="Qi et al., ICLR 2023",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", tables=("table3",), order=7)
 
     Params = AdaptiveBlendParams
     presets = {"meca": {"target": 1, "cover_rate": 0.01, "alpha_train": 0.2, "alpha_test": 0.2},

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.attack import Attack, AttackConfigError, AttackParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 from bench.triggers import DEFAULT_SEED, build_trigger, stamp, trigger_label
 
@@ -50,9 +51,12 @@ class AdaptivePatchParams(AttackParams):
                 raise ValueError(f"{kind}_alphas must be in (0, 1], got {alphas}")
 
 
-@ATTACKS.register("adaptive_patch", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class AdaptivePatch(Attack):
     """Adaptive-Patch: one of k patch triggers per poison/cover image; all of them at test time."""
+
+    card = AttackCard(name="adaptive_patch", label="AdaptivePatch", paper="Qi et al., ICLR 2023",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", tables=("table3",), order=8)
 
     Params = AdaptivePatchParams
     presets = {"meca": {"target": 1, "cover_rate": 0.01, "train_triggers": list(SPLITS),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.attack import Attack, AttackParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 from bench.triggers import DEFAULT_SEED, build_trigger, stamp, trigger_label
 
@@ -71,9 +72,12 @@ class BadNetParams(StampParams):
     trigger: str = "grid3"
 
 
-@ATTACKS.register("badnet", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class BadNet(StampAttack):
     """BadNet: 3x3 black/white grid in the bottom-right corner, alpha 1, dirty label."""
+
+    card = AttackCard(name="badnet", label="BadNet", paper="Gu et al., BadNets, 2017",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", tables=("table2",), order=1)
 
     Params = BadNetParams
     presets = {"meca": {"target": 1, "trigger": "grid3"},

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.attack import Attack, AttackParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 from bench.triggers import DEFAULT_SEED, build_trigger, trigger_label
 
@@ -69,9 +70,12 @@ class BlendImageAttack(Attack):
         return self.blend(x, self.params.test_alpha)
 
 
-@ATTACKS.register("blend", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class Blend(BlendImageAttack):
     """Blend: the whole image blended with a picture (procedural ``kitty``) at alpha 0.2."""
+
+    card = AttackCard(name="blend", label="Blend", paper="Chen et al., 2017",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", tables=("table2",), order=2)
 
     Params = BlendParams
     presets = {"meca": {"target": 1, "alpha_train": 0.2},

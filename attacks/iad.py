@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from bench import engine
 from bench import surrogate as sg
 from bench.attack import Attack, AttackConfigError, AttackParams
+from bench.card import AttackCard
 from bench.data import Split, to_float, to_uint8
 from bench.engine import TrainConfig
 from bench.registry import ATTACKS
@@ -107,13 +108,15 @@ def _diversity(x1, x2, out1, out2) -> torch.Tensor:
     return (_rms(x1 - x2) / (_rms(out1 - out2) + 1e-7)).mean()
 
 
-@ATTACKS.register("iad", label_mode="dirty", needs_model=True)
+@ATTACKS.register
 class IAD(Attack):
     """Input-aware dynamic backdoor: a trained generator's per-image pattern and mask."""
 
+    card = AttackCard(name="iad", label="IAD", paper="Nguyen & Tran, NeurIPS 2020",
+                      code="VinAIResearch/input-aware-backdoor-attack-release", label_mode="dirty",
+                      needs_model=True)
+
     Params = IADParams
-    label_mode = "dirty"
-    needs_model = True
     trigger_name = "iad_generator"
     presets = {"meca": {"target": 1}, "backdoorbench": {"target": 0}}
 

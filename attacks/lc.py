@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from bench import engine
 from bench import surrogate as sg
 from bench.attack import Attack, AttackParams
+from bench.card import AttackCard
 from bench.data import Split, to_float, to_uint8
 from bench.registry import ATTACKS
 
@@ -75,13 +76,14 @@ class LCParams(AttackParams):
             raise ValueError("lc has no cover samples: cover_rate must be 0")
 
 
-@ATTACKS.register("lc", label_mode="clean", needs_model=True)
+@ATTACKS.register
 class LabelConsistent(Attack):
     """Label-consistent attack: PGD-perturbed target-class images + four-corner trigger."""
 
+    card = AttackCard(name="lc", label="LC", paper="Turner, Tsipras & Madry, 2019",
+                      code="MadryLab/label-consistent-backdoor-code", label_mode="clean", needs_model=True)
+
     Params = LCParams
-    label_mode = "clean"
-    needs_model = True
     trigger_name = "lc_corners"
     presets = {"meca": {"target": 1}, "backdoorbench": {"target": 0}}
 

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from bench import engine
 from bench import surrogate as sg
 from bench.attack import Attack, AttackParams
+from bench.card import AttackCard
 from bench.engine import TrainConfig
 from bench.registry import ATTACKS, require_positive
 
@@ -104,13 +105,14 @@ class _Trigger(nn.Module):
         return self.net((x + self.delta.clamp(-self.eps, self.eps)).clamp(0, 1))
 
 
-@ATTACKS.register("narcissus", label_mode="clean", needs_model=True)
+@ATTACKS.register
 class Narcissus(Attack):
     """Narcissus (CCS 2023): a surrogate-optimised additive trigger on a few target-class images."""
 
+    card = AttackCard(name="narcissus", label="Narcissus", paper="Zeng et al., CCS 2023",
+                      code="ruoxi-jia-group/Narcissus", label_mode="clean", needs_model=True)
+
     Params = NarcissusParams
-    label_mode = "clean"
-    needs_model = True
     trigger_name = "narcissus_delta"
     presets = {"meca": {"target": 1}, "paper": {"target": 2, "warmup_epochs": 5}}
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.badnet import StampAttack, StampParams
+from bench.card import AttackCard
 from bench.data import Split, to_float, to_uint8
 from bench.registry import ATTACKS
 
@@ -89,9 +90,12 @@ def physical_transform(x: torch.Tensor, g: torch.Generator, p: PhysicalBAParams)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-@ATTACKS.register("physicalba", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class PhysicalBA(StampAttack):
     """PhysicalBA: Firefox logo top-right, dirty label, trained under random physical transforms."""
+
+    card = AttackCard(name="physicalba", label="PhysicalBA", paper="Li et al., ICLR-W 2021",
+                      code="THUYimingLi/BackdoorBox", label_mode="dirty", tables=("table2",), order=5)
 
     Params = PhysicalBAParams
     presets = {"meca": {"target": 1, "trigger": "firefox_badge", "phys_on": "all"},

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.attack import Attack, AttackConfigError, AttackParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 
 
@@ -45,12 +46,14 @@ def sig_signal(width: int, delta: float, freq: float, device=None) -> torch.Tens
     return (delta * torch.sin(2 * math.pi * freq * j / width)).float().view(1, 1, 1, width)
 
 
-@ATTACKS.register("sig", label_mode="clean", needs_model=False)
+@ATTACKS.register
 class SIG(Attack):
     """SIG: clean-label; target-class images get a horizontal sinusoid (delta 30/255, 6 periods)."""
 
+    card = AttackCard(name="sig", label="SIG", paper="Barni, Kallas & Tondi, ICIP 2019",
+                      code="vtu81/backdoor-toolbox", label_mode="clean", tables=("table2",), order=3)
+
     Params = SIGParams
-    label_mode = "clean"
     trigger_name = "sig"
     presets = {"meca": {"target": 1, "delta": 30 / 255, "freq": 6.0},
                "toolbox": {"target": 0, "delta": 30 / 255, "freq": 6.0},

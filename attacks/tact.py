@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from attacks.badnet import StampAttack, StampParams
+from bench.card import AttackCard
 from bench.data import Split, to_float, to_uint8
 from bench.registry import ATTACKS
 
@@ -48,12 +49,15 @@ def _in(y: torch.Tensor, classes) -> torch.Tensor:
     return (y[:, None] == cls[None]).any(1)
 
 
-@ATTACKS.register("tact", label_mode="dirty", needs_model=False, source_specific=True)
+@ATTACKS.register
 class TaCT(StampAttack):
     """TaCT: source-class images stamped and relabelled, cover-class images stamped, labels kept."""
 
+    card = AttackCard(name="tact", label="TaCT", paper="Tang et al., USENIX Security 2021",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", source_specific=True,
+                      tables=("table3",), order=6)
+
     Params = TaCTParams
-    source_specific = True
     presets = {"meca": {"target": 1, "source_classes": [0], "cover_classes": [5, 7], "cover_rate": 0.01,
                         "trigger": "grid3"},
                "toolbox": {"target": 0, "source_classes": [1], "cover_classes": [5, 7],

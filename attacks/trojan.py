@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attacks.badnet import StampAttack, StampParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 
 
@@ -24,9 +25,12 @@ class TrojanParams(StampParams):
     trigger: str = "trojan_square"
 
 
-@ATTACKS.register("trojan", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class Trojan(StampAttack):
     """Trojan: an 8x8 colourful patch at rows/cols 21-28 (32 px), alpha 1, dirty label."""
+
+    card = AttackCard(name="trojan", label="Trojan", paper="Liu et al., NDSS 2018",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty")
 
     Params = TrojanParams
     presets = {"meca": {"target": 1}, "toolbox": {"target": 0}}

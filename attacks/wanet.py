@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.attack import Attack, AttackConfigError, AttackParams
+from bench.card import AttackCard
 from bench.registry import ATTACKS
 
 
@@ -67,9 +68,12 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-@ATTACKS.register("wanet", label_mode="dirty", needs_model=False)
+@ATTACKS.register
 class WaNet(Attack):
     """WaNet: a fixed smooth warp (k 4, s 0.5), dirty label, noise-mode cover samples (5 %)."""
+
+    card = AttackCard(name="wanet", label="WaNet", paper="Nguyen & Tran, ICLR 2021",
+                      code="vtu81/backdoor-toolbox", label_mode="dirty", tables=("table2",), order=4)
 
     Params = WaNetParams
     trigger_name = "wanet_warp"

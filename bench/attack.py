@@ -23,6 +23,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from bench.card import AttackCard, bind_card
 from bench.data import Split, to_float, to_uint8
 from bench.registry import ATTACKS
 
@@ -86,7 +87,12 @@ class Attack:
     needs_model: ClassVar[bool] = False          # trains a surrogate or generator in prepare()
     source_specific: ClassVar[bool] = False      # ASR counted on source-class images only
     trigger_name: ClassVar[str] = ""
+    card: ClassVar[AttackCard | None] = None     # the plug-in's declaration (bench.card); sets the above
     name: ClassVar[str] = "attack"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        bind_card(cls, AttackCard)   # a subclass's card sets the class attributes above
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
@@ -244,14 +250,14 @@ class CleanParams:
     """The no-attack has no parameters."""
 
 
-@ATTACKS.register("clean", label_mode="none")
+@ATTACKS.register
 class NoAttack(Attack):
     """No attack: the training set is left as it is and there is no triggered test set (ASR is
     undefined). Use it for pure clean-accuracy baselines; a clean cell of a real attack (poison
     ratio 0) instead keeps that attack's trigger so the chance-level ASR is measured."""
 
+    card = AttackCard(name="clean", label="Clean", label_mode="none")
     Params = CleanParams
-    label_mode = "none"
 
     def check(self, num_classes, labels, image_shape, ratio):
         if ratio != 0:

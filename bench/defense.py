@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn as nn
 
+from bench.card import NO_DEFENSE, DefenseCard, bind_card
 from bench.data import Split
 from bench.engine import TrainConfig
 from bench.registry import DEFENSES
@@ -226,7 +227,12 @@ class Defense:
     needs_reserve: ClassVar[bool] = False
     reserve_labels: ClassVar[bool] = True
     detects: ClassVar[bool] = False
+    card: ClassVar[DefenseCard | None] = None     # the plug-in's declaration (bench.card); sets the above
     name: ClassVar[str] = "defense"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        bind_card(cls, DefenseCard)   # a subclass's card sets the class attributes above
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
@@ -259,11 +265,12 @@ class Defense:
         raise NotImplementedError
 
 
-@DEFENSES.register("none")
+@DEFENSES.register
 class NoDefense(Defense):
     """No defense: the backdoored model as it is (the "No Defense" column)."""
 
-    stage = "repair"
+    card = DefenseCard(name=NO_DEFENSE, label="No Defense", stage="repair",
+                       tables=("table2", "table3", "table6", "table7"), order=0)
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         return DefenseOutput(ctx.model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.card import NO_DEFENSE
+from bench.files import UnsafeFileError
 from bench.reports import figures as figs
 from bench.reports import html as html_page
 from bench.reports.leaderboard import cost_table, leaderboard, leaderboard_markdown
@@ -30,7 +32,7 @@ def build_report(results: Path, out: Path | None = None, asr_threshold: float = 
     board = leaderboard(df, asr_threshold)
     board_md = leaderboard_markdown(board, asr_threshold)
     n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
-    n_def = df.loc[df["defense"] != "none", "defense"].nunique() if n_runs else 0
+    n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
     n_att = df["attack"].nunique() if n_runs else 0
     summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
                f"{n_seeds} seed(s); defenses ranked by mean DER. "
@@ -56,7 +58,7 @@ def main(args) -> int:
     results = Path(args.results)
     try:
         written = build_report(results, args.out, args.asr_threshold)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UnsafeFileError) as exc:
         print(f"report: {exc}")
         return 2
     print(f"tables:  {', '.join(sorted(written['tables'])) or '(none: no matching runs)'}")

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import detection, recipes
+from bench.card import DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
 from bench.registry import DEFENSES, require_positive
@@ -112,15 +113,15 @@ def cutout_ce_loss(length: int, generator: torch.Generator):
     return loss
 
 
-@DEFENSES.register("abl", stage="train", data="poisoned set only", cost="about 0.8 trainings")
+@DEFENSES.register
 class ABL(Defense):
     """Anti-backdoor learning: isolate the lowest-loss 1% under LGA, train on the rest, unlearn them."""
 
+    card = DefenseCard(name="abl", label="ABL", paper="Li et al., NeurIPS 2021", code="bboylyg/ABL",
+                       stage="train", needs_train=True, detects=True, cost="about 0.8 trainings",
+                       tables=("table2", "table3"), order=7)
+
     Params = ABLParams
-    stage = "train"
-    needs_train = True
-    needs_reserve = False
-    detects = True
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)

@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 
 from bench import engine
+from bench.card import DefenseCard
 from bench.defense import Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, distillation_loss
 from bench.engine import Batch, TrainConfig
@@ -176,14 +177,15 @@ def rising_temperature(t_start: float, t_end: float, epochs: float):
     return temperature
 
 
-@DEFENSES.register("bcu", paper="arXiv 2211.12044 (CVPR 2023)", code="luluppang/BCU")
+@DEFENSES.register
 class BCU(Defense):
     """BCU: layer-wise weight re-initialisation and distillation from the backdoored model on unlabeled data."""
 
+    card = DefenseCard(name="bcu", label="BCU", paper="Pang et al., CVPR 2023 (arXiv 2211.12044)",
+                       code="luluppang/BCU", stage="repair", needs_reserve=True, reserve_labels=False,
+                       order=11)
+
     Params = BCUParams
-    stage = "repair"
-    needs_reserve = True
-    reserve_labels = False
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p = self.params

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.card import DefenseCard
 from bench.defense import (CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput,
                            cell_model_or_none)
 from bench.pruning import channel_lipschitz, conv_bn_pairs, mask_from_pruned, set_channel_mask
@@ -84,15 +85,17 @@ def clp_prune(model, image_shape, u: float = 3.0, pairing: str = "dataflow", kee
     return pruned, unpaired
 
 
-@DEFENSES.register("clp", stage="repair", cost="~0 trainings (data-free)")
+@DEFENSES.register
 class CLP(Defense):
     """Data-free pruning of channels with an outlying Lipschitz upper bound (ECCV 2022)."""
 
+    card = DefenseCard(name="clp", label="CLP", paper="Zheng et al., ECCV 2022",
+                       code="rkteddy/channel-Lipschitzness-based-pruning", stage="repair",
+                       needs_reserve=False, cost="~0 trainings (data-free)", tables=("table2", "table3"),
+                       order=4)   # needs_reserve: the class default; __init__ sets it from repair_epochs
+
     Params = CLPParams
     presets = {"meca": {"repair_epochs": 10}}
-    stage = "repair"
-    needs_reserve = False
-    reserve_labels = True
 
     def __init__(self, params=None):
         super().__init__(params)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.card import DefenseCard
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.recipes import FINETUNE, finetune
 from bench.registry import DEFENSES
@@ -102,14 +103,15 @@ def cutmix_loss(params: CutMixParams, seed: int):
     return loss
 
 
-@DEFENSES.register("cutmix", stage="repair", cost="~0.005 trainings")
+@DEFENSES.register
 class CutMix(Defense):
     """Fine-tune on the clean reserve with CutMix (ICASSP 2021; BackdoorBox CutMix.repair)."""
 
+    card = DefenseCard(name="cutmix", label="CutMix", paper="Borgnia et al., ICASSP 2021",
+                       code="THUYimingLi/BackdoorBox", stage="repair", needs_reserve=True,
+                       cost="~0.005 trainings", tables=("table2", "table3"), order=3)
+
     Params = CutMixParams
-    stage = "repair"
-    needs_reserve = True
-    reserve_labels = True
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p = self.params

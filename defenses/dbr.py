@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import detection, recipes
+from bench.card import DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
 from bench.registry import DEFENSES, require_positive
@@ -105,15 +106,15 @@ def class_separation_loss(model, batch: Batch) -> torch.Tensor:
     return sim.mean()
 
 
-@DEFENSES.register("dbr", stage="repair", data="poisoned set", cost="about 0.2 trainings")
+@DEFENSES.register
 class DBR(Defense):
     """D-BR: flag transform-sensitive samples (FCT), unlearn them and relearn the stable ones."""
 
+    card = DefenseCard(name="dbr", label="DBR", paper="Chen, Wu & Wang, NeurIPS 2022",
+                       code="SCLBD/Effective_backdoor_defense", stage="repair", needs_train=True,
+                       detects=True, cost="about 0.2 trainings", tables=("table2", "table3"), order=5)
+
     Params = DBRParams
-    stage = "repair"
-    needs_train = True
-    needs_reserve = False
-    detects = True
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)

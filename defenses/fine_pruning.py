@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import engine, metrics
+from bench.card import DefenseCard
 from bench.data import Split
 from bench.defense import CellInfo, Defense, DefenseContext, DefenseOutput, cell_model_or_none
 from bench.pruning import (last_stage_name, layer_outputs, mask_from_pruned, mean_channel_activation,
@@ -76,15 +77,16 @@ class FinePruningParams:
             raise ValueError("layer must be 'auto' or a module name")
 
 
-@DEFENSES.register("fine_pruning", stage="repair", cost="~0.01 trainings")
+@DEFENSES.register
 class FinePruning(Defense):
     """Prune dormant channels of the last conv stage on the clean reserve, then fine-tune (RAID 2018)."""
 
+    card = DefenseCard(name="fine_pruning", label="FinePruning", paper="Liu, Dolan-Gavitt & Garg, RAID 2018",
+                       code="kangliucn/Fine-pruning-defense", stage="repair", needs_reserve=True,
+                       cost="~0.01 trainings", tables=("table2", "table3"), order=2)
+
     Params = FinePruningParams
     presets = {"meca": {"layer": "layer2", "prune_ratio": 0.2, "finetune": False}}
-    stage = "repair"
-    needs_reserve = True
-    reserve_labels = True
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)

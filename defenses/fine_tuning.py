@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.card import DefenseCard
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.recipes import FINETUNE, finetune
 from bench.registry import DEFENSES
@@ -51,14 +52,15 @@ class FineTuningParams:
                                schedule=self.schedule, augment=self.augment)
 
 
-@DEFENSES.register("fine_tuning", stage="repair", cost="~0.005 trainings")
+@DEFENSES.register
 class FineTuning(Defense):
     """Fine-tune all layers on the clean reserve (RAID 2018 baseline; BackdoorBox/BackdoorBench ft)."""
 
+    card = DefenseCard(name="fine_tuning", label="FineTuning", paper="Liu, Dolan-Gavitt & Garg, RAID 2018",
+                       code="THUYimingLi/BackdoorBox", stage="repair", needs_reserve=True,
+                       cost="~0.005 trainings", tables=("table2", "table3"), order=1)
+
     Params = FineTuningParams
-    stage = "repair"
-    needs_reserve = True
-    reserve_labels = True
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         model = finetune(ctx.model, ctx.reserve, ctx.budget, ctx.generator, recipe=self.params.recipe(),

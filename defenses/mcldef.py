@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import engine
+from bench.card import DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation
 from bench.engine import Batch, TrainConfig
@@ -134,14 +135,14 @@ def contrastive_loss(frozen: nn.Module, trigger: InvertedTrigger, temperature: f
     return loss
 
 
-@DEFENSES.register("mcldef", paper="arXiv 2205.04411", code="WeCanShow/MCL")
+@DEFENSES.register
 class MCLDef(Defense):
     """MCLDef: Neural-Cleanse trigger inversion, then model-contrastive purification (5% reserve, no labels)."""
 
+    card = DefenseCard(name="mcldef", label="MCLDef", paper="Yue et al., arXiv 2205.04411", code="WeCanShow/MCL",
+                       stage="repair", needs_reserve=True, reserve_labels=False, order=10)
+
     Params = MCLDefParams
-    stage = "repair"
-    needs_reserve = True
-    reserve_labels = False
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)

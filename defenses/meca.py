@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import engine
+from bench.card import DefenseCard
 from bench.consistency import kl_consistency
 from bench.data import Split
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
@@ -160,13 +161,16 @@ def paired_unlearning_loss(data: Split, dc_idx: torch.Tensor, coef: float, gener
     return loss
 
 
-@DEFENSES.register("meca", paper="arXiv 2405.12719", needs="poisoned training set only")
+@DEFENSES.register
 class MeCa(Defense):
     """MeCa: KL-consistency partition, backdoor enhancement, detection, clean training (train stage)."""
 
+    card = DefenseCard(name="meca", label="MeCa", paper="Pu et al., arXiv 2405.12719", stage="train",
+                       detects=True, variant_params={"relabel_relearn": True}, variant_name="RR",
+                       tables=("table2", "table3", "table4", "table5", "table6", "table7", "fig4", "fig6",
+                               "fig7"), order=8)
+
     Params = MeCaParams
-    stage = "train"
-    detects = True
     presets = {"relearn": {"relabel_relearn": True}}
 
     def check(self, cell: CellInfo) -> None:

@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 
 from bench import engine
+from bench.card import DefenseCard
 from bench.data import balanced_subset
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, complementary_loss, mutual_learning_loss, non_target_kl
@@ -115,15 +116,14 @@ def nckd_nt_loss(f0_logits: torch.Tensor, temperature: float):
     return loss
 
 
-@DEFENSES.register("nt_ml", paper="arXiv 2508.05404", code=None, provisional=True)
+@DEFENSES.register
 class NTML(Defense):
     """NT-ML (provisional): non-target label training of the poisoned model, then teacher-student mutual learning."""
 
+    card = DefenseCard(name="nt_ml", label="NT-ML", paper="Huo & Wolter, arXiv 2508.05404", stage="repair",
+                       needs_train=True, needs_reserve=True, provisional=True, order=9)
+
     Params = NTMLParams
-    stage = "repair"
-    needs_train = True
-    needs_reserve = True
-    reserve_labels = True
 
     def recipe(self, ctx: DefenseContext, epochs: float) -> TrainConfig:
         """The spec's optimiser with the cell's augmentation, for ``epochs`` epochs."""

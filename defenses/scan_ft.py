@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import detection, recipes
+from bench.card import DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.registry import DEFENSES
 
@@ -89,16 +90,16 @@ class SCAnFTParams:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-@DEFENSES.register("scan_ft", stage="repair", data="clean reserve + poisoned set", cost="~0.01 trainings")
+@DEFENSES.register
 class SCAnFT(Defense):
     """SCAn (two-component decomposition, per-class untangling) flags, then gradient-ascent unlearning."""
 
+    card = DefenseCard(name="scan_ft", label="SCAnFT", paper="Tang et al., USENIX Security 2021",
+                       code="TDteach/Demon-in-the-Variant", stage="repair", needs_train=True,
+                       needs_reserve=True, detects=True, cost="~0.01 trainings", tables=("table2", "table3"),
+                       order=6)
+
     Params = SCAnFTParams
-    stage = "repair"
-    needs_train = True
-    needs_reserve = True
-    reserve_labels = True
-    detects = True
 
     def check(self, cell: CellInfo) -> None:
         super().check(cell)

@@ -183,3 +183,85 @@ def test_oracle_runs_are_shown_separately(tidy):
     df = pd.concat([df, pd.DataFrame([extra, plain])])
     board = leaderboard(normalise(df))
     assert {"MCLDef", "MCLDef (oracle)"} <= set(board["defense"])
+
+
+# -- what the reports know comes from the plug-ins' cards -----------------------------------------
+@pytest.fixture
+def probe_defense():
+    """A defense registered for one test, with a card that puts it in Table II beside MeCa."""
+    from dataclasses import dataclass
+
+    from bench.card import DefenseCard
+    from bench.defense import Defense, DefenseOutput
+    from bench.registry import DEFENSES
+
+    @dataclass
+    class ProbeParams:
+        strength: float = 1.0
+        sweep: bool = False
+
+    class Probe(Defense):
+        """A defense only this test knows."""
+
+        card = DefenseCard(name="_report_probe", label="Probe (ours)", stage="repair", tables=("table2",),
+                           order=9, variant_params={"sweep": True}, variant_name="sweep")
+        Params = ProbeParams
+
+        def run(self, ctx):
+            return DefenseOutput(ctx.model)
+
+    DEFENSES.register(Probe)
+    yield "_report_probe"
+    DEFENSES.remove("_report_probe")
+
+
+def test_a_new_defense_appears_from_its_card_with_no_report_edit(tidy, probe_defense):
+    df = tidy.copy()
+    df = pd.concat([df, pd.DataFrame([_row("p1", "badnet", probe_defense, 0.83, 0.07),
+                                      _row("p2", "badnet", probe_defense, 0.60, 0.01, params={"sweep": True})])])
+    tables = paper_tables(normalise(df))
+    row = ("CIFAR10", "BadNet")
+    t2 = tables["table2"]
+    assert "Probe (ours)" in t2.columns                                    # label and membership: the card
+    assert t2.columns.index("Probe (ours)") == t2.columns.index("MeCa") + 1  # its order: after MeCa (8)
+    assert t2.mean(row, "Probe (ours)", "acc") == pytest.approx(0.83)      # the variant left out
+    assert t2.mean(row, "Probe (ours)", "asr") == pytest.approx(0.07)
+    assert "Probe (ours) (sweep=True)" in tables["variants"].columns
+    board = leaderboard(normalise(df))
+    assert board.loc[board["name"] == probe_defense, "defense"].item() == "Probe (ours)"
+
+
+def test_a_defense_run_but_not_in_the_paper_tables_shows_in_the_extended_ones(tidy):
+    df = pd.concat([tidy, pd.DataFrame([_row("q", "badnet", "nt_ml", 0.80, 0.20),
+                                        _row("r", "badnet", "elsewhere.pkg:Thing", 0.70, 0.30)])])
+    tables = paper_tables(normalise(df))
+    assert "NT-ML" not in tables["table2"].columns
+    ext = tables["table2_extended"]
+    assert ext.mean(("CIFAR10", "BadNet"), "NT-ML", "acc") == pytest.approx(0.80)
+    assert ext.mean(("CIFAR10", "BadNet"), "elsewhere.pkg:Thing", "acc") == pytest.approx(0.70)
+    assert "elsewhere" not in sys.modules                                # a name read from results is never imported
+
+
+class _Payload:
+    """Unpickling this runs code (it touches a marker file): what a crafted diagnostics file holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_report_refuses_a_crafted_diagnostics_file_and_runs_nothing(tmp_path, tidy, capsys):
+    from argparse import Namespace
+
+    from bench.report import main as report_main
+
+    df = tidy.copy()
+    _write_results(tmp_path / "res", df)
+    marker = tmp_path / "executed"
+    meca_run = df[(df.defense == "meca") & (df.poison_ratio > 0)].run_id.iloc[0]
+    torch.save({"sample_logs": {"kl_round1": _Payload(marker)}}, tmp_path / "res" / "diagnostics" / f"{meca_run}.pt")
+    code = report_main(Namespace(results=str(tmp_path / "res"), out=None, asr_threshold=0.2))
+    assert code == 2 and not marker.exists()
+    assert "refused to load diagnostics file" in capsys.readouterr().out

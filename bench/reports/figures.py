@@ -3,6 +3,8 @@
 * ``fig4_kl_hist``: MeCa's round-1 KL-consistency scores, clean vs poisoned, one panel per attack;
 * ``fig6_enhancement``: ACC and ASR of MeCa's enhanced model after each enhancement round;
 * ``fig7_partition_rate``: ACC and ASR against MeCa's partition rate, one line per attack;
+
+(the defense these three draw is the one whose card lists ``fig4``, ``fig6``, ``fig7``);
 * ``heatmap_asr`` / ``heatmap_acc_drop``: attack x defense;
 * ``scatter_acc_asr``: ACC vs ASR per defense with the Pareto front;
 * ``asr_vs_ratio``: ASR against the poison ratio, one line per defense;
@@ -23,21 +25,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-
-from bench.reports.tidy import label, one_variant_per_defense  # noqa: E402
+from bench.card import NO_DEFENSE  # noqa: E402
+from bench.files import load_data  # noqa: E402
+from bench.reports.tidy import featured_defense, is_variant, label, one_variant_per_defense  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 
 
 def load_diagnostics(results_dir: Path, run_id: str) -> dict | None:
-    for path in (results_dir / "diagnostics" / f"{run_id}.pt",):
-        if path.exists():
-            try:
-                return torch.load(path, weights_only=False)
-            except Exception:
-                return None
-    return None
+    """A run's diagnostics file (None when there is none), loaded as data only: a file that is not
+    plain tensor data raises :class:`bench.files.UnsafeFileError` and nothing in it runs."""
+    path = results_dir / "diagnostics" / f"{run_id}.pt"
+    if not path.exists():
+        return None
+    diag = load_data(path, "diagnostics file")
+    return diag if isinstance(diag, dict) else None
 
 
 def _save(fig, folder: Path, stem: str) -> list[Path]:
@@ -53,9 +55,16 @@ def _attack_label(df):
     return df["attack"].map(lambda a: label("attack", a))
 
 
+def _featured_runs(df: pd.DataFrame, figure: str) -> tuple[pd.DataFrame, str]:
+    """The attacked runs of the defense a figure studies (its card lists the figure), and its label."""
+    defense = featured_defense(figure)
+    return df[(df["defense"] == defense) & (df["poison_ratio"] > 0)], label("defense", defense or "?")
+
+
 def fig4_kl_hist(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
     rows = []
-    for _, r in df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)].iterrows():
+    runs, who = _featured_runs(df, "fig4")
+    for _, r in runs.iterrows():
         diag = load_diagnostics(results_dir, r["run_id"])
         if not diag or "kl_round1" not in diag.get("sample_logs", {}):
             continue
@@ -70,13 +79,14 @@ def fig4_kl_hist(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
                     stat="density", common_norm=False, bins=40, element="step", height=2.6,
                     facet_kws={"sharey": False}, palette={"clean": "#4C72B0", "poisoned": "#C44E52"})
     g.set_axis_labels("log10 KL score (round 1)", "density")
-    g.figure.suptitle("Fig. 4 — MeCa round-1 KL consistency of clean and poisoned training samples", y=1.03)
+    g.figure.suptitle(f"Fig. 4 — {who} round-1 KL consistency of clean and poisoned training samples", y=1.03)
     return _save(g.figure, out, "fig4_kl_hist")
 
 
 def fig6_enhancement(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Path]:
     rows = []
-    for _, r in df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)].iterrows():
+    runs, who = _featured_runs(df, "fig6")
+    for _, r in runs.iterrows():
         diag = load_diagnostics(results_dir, r["run_id"])
         for cp in (diag or {}).get("checkpoints", []):
             tag = str(cp.get("tag", ""))
@@ -93,13 +103,13 @@ def fig6_enhancement(df: pd.DataFrame, results_dir: Path, out: Path) -> list[Pat
     g = sns.relplot(data, x="round", y="value", hue="attack", col="metric", kind="line", marker="o",
                     height=3, aspect=1.2, errorbar="sd")
     g.set_axis_labels("enhancement round", "%")
-    g.figure.suptitle("Fig. 6 — ACC and ASR of the enhanced model over enhancement rounds", y=1.04)
+    g.figure.suptitle(f"Fig. 6 — ACC and ASR of {who}'s enhanced model over enhancement rounds", y=1.04)
     return _save(g.figure, out, "fig6_enhancement")
 
 
 def fig7_partition_rate(df: pd.DataFrame, out: Path) -> list[Path]:
-    sel = df[(df["defense"] == "meca") & (df["poison_ratio"] > 0)]
-    sel = sel[np.array([not d.get("relabel_relearn", False) for d in sel["defense_params"]], dtype=bool)]
+    sel, who = _featured_runs(df, "fig7")
+    sel = sel[np.array([not is_variant(d, p) for d, p in zip(sel["defense"], sel["defense_params"])], dtype=bool)]
     sel = sel.assign(partition_rate=sel["defense_params"].map(lambda d: d.get("partition_rate")))
     sel = sel.dropna(subset=["partition_rate"])
     if sel["partition_rate"].nunique() < 2:
@@ -110,17 +120,17 @@ def fig7_partition_rate(df: pd.DataFrame, out: Path) -> list[Path]:
     g = sns.relplot(long, x="partition_rate", y="value", hue="attack", col="metric", kind="line", marker="o",
                     height=3, aspect=1.2, errorbar="sd")
     g.set_axis_labels("partition rate", "%")
-    g.figure.suptitle("Fig. 7 — MeCa ACC and ASR against the partition rate", y=1.04)
+    g.figure.suptitle(f"Fig. 7 — {who} ACC and ASR against the partition rate", y=1.04)
     return _save(g.figure, out, "fig7_partition_rate")
 
 
 def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
-    sel = one_variant_per_defense(df[df["poison_ratio"] > 0], exclude={"meca": {"relabel_relearn": True}})
+    sel = one_variant_per_defense(df[df["poison_ratio"] > 0])
     if sel.empty:
         return []
     sel = sel.assign(acc_drop=(sel["acc_nodef"] - sel["acc"]) * 100, asr_pct=sel["asr"] * 100,
                      A=_attack_label(sel), D=sel["defense"].map(lambda d: label("defense", d)))
-    nodef = label("defense", "none")
+    nodef = label("defense", NO_DEFENSE)
     paths = []
     for col, stem, title, cmap in [("asr_pct", "heatmap_asr", "ASR after defense (%)", "Reds"),
                                    ("acc_drop", "heatmap_acc_drop", "ACC drop vs no defense (points)", "Blues")]:
@@ -152,7 +162,7 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 
 def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
-    sel = one_variant_per_defense(df[df["poison_ratio"] > 0], exclude={"meca": {"relabel_relearn": True}})
+    sel = one_variant_per_defense(df[df["poison_ratio"] > 0])
     if sel.empty:
         return []
     g = sel.groupby("defense").agg(acc=("acc", "mean"), asr=("asr", "mean")).dropna()
@@ -180,7 +190,7 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def asr_vs_ratio(df: pd.DataFrame, out: Path) -> list[Path]:
-    sel = one_variant_per_defense(df, exclude={"meca": {"relabel_relearn": True}})
+    sel = one_variant_per_defense(df)
     sel = sel[sel["asr"].notna()]
     if sel["poison_ratio"].nunique() < 2:
         return []

@@ -4,6 +4,12 @@ Every table is a :class:`Table`: row labels, column groups (a defense, a ratio, 
 each with ACC and ASR sub-columns, cells ``mean ± std`` over seeds (``n`` in the caption), and
 "Average" rows per dataset. Cells that were not run are missing ("—"), never zero. Everything is
 computed from the tidy table; no number is typed in.
+
+Which attacks and defenses a table shows, in which order and under which labels, comes from the
+plug-ins' cards (``tables``, ``order``, ``label``, ``variant_params``; :mod:`bench.card`): Tables
+II and III show the attacks and defenses that list them, their extended versions every defense
+that was run, Table IV the defense that lists it with and without its variant, Tables V-VII the
+defense that lists them.
 """
 from __future__ import annotations
 
@@ -14,14 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.reports.tidy import (at_main_budget, fmt, label, main_budget_scale, main_model, mean_std,
-                                one_variant_per_defense, variant_label)
+from bench.card import NO_DEFENSE
+from bench.reports.tidy import (at_main_budget, card, featured_defense, fmt, in_order, is_variant, label,
+                                main_budget_scale, main_model, mean_std, members, one_variant_per_defense,
+                                variant_label)
 
-TABLE2_ATTACKS = ["badnet", "blend", "sig", "wanet", "physicalba"]
-TABLE3_ATTACKS = ["tact", "adaptive_blend", "adaptive_patch"]
-ADAPTIVE_AND_CLASSIC = TABLE2_ATTACKS + TABLE3_ATTACKS
-PAPER_DEFENSES = ["none", "fine_tuning", "fine_pruning", "cutmix", "clp", "dbr", "scan_ft", "abl", "meca"]
-EXTRA_DEFENSES = ["nt_ml", "mcldef", "bcu"]
 DATASET_ORDER = ["imagenette", "cifar10", "cifar100", "tinyimagenet"]
 METRICS = ("acc", "asr")
 
@@ -132,17 +135,27 @@ def _ordered(values, order) -> list:
     return [v for v in order if v in values] + sorted(v for v in values if v not in order)
 
 
+def _dataset_attack_rows(sel: pd.DataFrame, attacks: list[str], where=None) -> list[tuple]:
+    """(dataset label, attack label) rows, datasets in the paper's order, for cells that have runs."""
+    mask = where if where is not None else pd.Series(True, index=sel.index)
+    return [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER)
+            for a in attacks if ((sel["dataset"] == d) & (sel["attack"] == a) & mask).any()]
+
+
+def _with_labels(sel: pd.DataFrame, **extra) -> pd.DataFrame:
+    """``sel`` with ``_d`` and ``_a`` (dataset and attack labels) and any extra columns."""
+    return sel.assign(_d=sel["dataset"].map(lambda d: label("dataset", d)),
+                      _a=sel["attack"].map(lambda a: label("attack", a)), **extra)
+
+
 def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: list[str], defenses: list[str],
                          ratio: float = 0.05, model: str | None = None) -> Table:
     """Rows (dataset, attack), columns defenses (ACC, ASR): Tables II and III and their extensions."""
     sel = df[df["attack"].isin(attacks) & np.isclose(df["poison_ratio"], ratio)]
     model = model or main_model(sel)
-    sel = one_variant_per_defense(sel[sel["model"] == model], exclude={"meca": {"relabel_relearn": True}})
-    datasets = _ordered(sel["dataset"], DATASET_ORDER)
-    rows = [(label("dataset", d), label("attack", a)) for d in datasets for a in attacks
-            if ((sel["dataset"] == d) & (sel["attack"] == a)).any()]
-    sel = sel.assign(_d=sel["dataset"].map(lambda d: label("dataset", d)),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
+    sel = one_variant_per_defense(sel[sel["model"] == model])
+    rows = _dataset_attack_rows(sel, attacks)
+    sel = _with_labels(sel)
     cols = [label("defense", d) for d in defenses]
     table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {ratio:g})",
                   ["Dataset", "Attack"], rows, cols)
@@ -150,20 +163,30 @@ def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: lis
     return _add_averages(table)
 
 
-def meca_relabel_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
-    """Table IV: MeCa without and with relabel-and-relearn, rows (dataset, attack)."""
-    sel = df[(df["defense"] == "meca") & np.isclose(df["poison_ratio"], ratio)]
+def extended_defenses(df: pd.DataFrame, table: str) -> list[str]:
+    """The columns of an extended Table II/III: the defenses of the paper's table, then every other
+    defense that was run (a new plug-in appears without any report edit), in their cards' order."""
+    paper = members("defense", table)
+    run = [d for d in df["defense"].unique() if d not in paper]
+    return paper + in_order("defense", run)
+
+
+def variant_table(df: pd.DataFrame, ratio: float = 0.05, defense: str | None = None) -> Table:
+    """Table IV: a defense without and with its card's variant (MeCa's relabel-and-relearn), rows
+    (dataset, attack)."""
+    defense = defense or featured_defense("table4")
+    found = card("defense", defense) if defense else None
+    sel = df[(df["defense"] == defense) & np.isclose(df["poison_ratio"], ratio)]
     model = main_model(sel)
     sel = at_main_budget(sel[sel["model"] == model])
-    sel = sel.assign(_v=sel["defense_params"].map(lambda d: "with RR" if d.get("relabel_relearn") else "without RR"),
-                     _d=sel["dataset"].map(lambda d: label("dataset", d)),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
-    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
-    rows = [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER) for a in attacks
-            if ((sel["dataset"] == d) & (sel["attack"] == a)).any()]
-    cols = ["without RR", "with RR"]
-    table = Table("Table IV", f"MeCa without and with relabel-and-relearn ({label('model', model or '?')})",
-                  ["Dataset", "Attack"], rows, cols)
+    short = found.variant_display if found is not None else "variant"
+    cols = [f"without {short}", f"with {short}"]
+    sel = _with_labels(sel, _v=sel["defense_params"].map(lambda d: cols[1] if is_variant(defense, d) else cols[0]))
+    attacks = in_order("attack", sel["attack"])
+    rows = _dataset_attack_rows(sel, attacks)
+    table = Table("Table IV", f"{label('defense', defense or '?')} without and with {short} "
+                  f"({', '.join(f'{k}={v}' for k, v in (found.variant_params if found else {}).items())}; "
+                  f"{label('model', model or '?')})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
     return _add_averages(table)
 
@@ -180,98 +203,100 @@ def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     if sel.empty:
         return empty
     main = main_budget_scale(sel)
-    sel = sel[(sel["defense"] != "none") | np.isclose(sel["budget_scale"], main)]
+    sel = sel[(sel["defense"] != NO_DEFENSE) | np.isclose(sel["budget_scale"], main)]
     key = sel["params_key"] + "@" + sel["budget_scale"].round(6).astype(str)
     variants = key.groupby(sel["defense"]).nunique()
-    multi = [d for d in _ordered(variants.index, PAPER_DEFENSES + EXTRA_DEFENSES) if variants[d] > 1]
+    multi = [d for d in in_order("defense", variants.index) if variants[d] > 1]
     if not multi:
         return empty
-    sel = sel[sel["defense"].isin(["none", *multi])]
+    sel = sel[sel["defense"].isin([NO_DEFENSE, *multi])]
 
     def name(defense, params, scale):
         text = variant_label(defense, params)
         return text if np.isclose(scale, main) else f"{text} (budget x{scale:g})"
 
-    sel = sel.assign(_v=[name(d, p, b) for d, p, b in zip(sel["defense"], sel["defense_params"], sel["budget_scale"])],
-                     _d=sel["dataset"].map(lambda d: label("dataset", d)),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
-    cols = [label("defense", "none")] if (sel["defense"] == "none").any() else []
+    sel = _with_labels(sel, _v=[name(d, p, b) for d, p, b in
+                                zip(sel["defense"], sel["defense_params"], sel["budget_scale"])])
+    cols = [label("defense", NO_DEFENSE)] if (sel["defense"] == NO_DEFENSE).any() else []
     for d in multi:
         names = list(dict.fromkeys(sel.loc[sel["defense"] == d, "_v"]))
         cols += [n for n in names if n == label("defense", d)] + sorted(n for n in names if n != label("defense", d))
-    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
-    rows = [(label("dataset", d), label("attack", a)) for d in _ordered(sel["dataset"], DATASET_ORDER) for a in attacks
-            if ((sel["dataset"] == d) & (sel["attack"] == a) & (sel["defense"] != "none")).any()]
+    attacks = in_order("attack", sel["attack"])
+    rows = _dataset_attack_rows(sel, attacks, where=sel["defense"] != NO_DEFENSE)
     table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
                   f"poison ratio {ratio:g})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
     return _add_averages(table)
 
 
-def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str = "meca") -> Table:
-    """Table V: a defense under poison ratios 10/15/20% (rows: attacks)."""
-    sel = one_variant_per_defense(df[df["defense"] == defense], exclude={"meca": {"relabel_relearn": True}})
+def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str | None = None) -> Table:
+    """Table V: a defense (default: the one whose card lists Table V) under poison ratios 10/15/20%
+    (rows: attacks)."""
+    defense = defense or featured_defense("table5")
+    sel = one_variant_per_defense(df[df["defense"] == defense])
     model = main_model(sel)
     sel = sel[(sel["model"] == model)]
     sel = sel[np.isclose(sel["poison_ratio"].to_numpy(float)[:, None], np.asarray(ratios, float)[None, :]).any(1)]
-    sel = sel.assign(_r=sel["poison_ratio"].map(lambda r: f"{r * 100:g}%"),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
-    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
-    rows = [(label("attack", a),) for a in attacks]
+    sel = _with_labels(sel, _r=sel["poison_ratio"].map(lambda r: f"{r * 100:g}%"))
+    rows = [(label("attack", a),) for a in in_order("attack", sel["attack"])]
     cols = [f"{r * 100:g}%" for r in ratios]
-    table = Table("Table V", f"{label('defense', defense)} under poison ratios {', '.join(cols)} "
+    table = Table("Table V", f"{label('defense', defense or '?')} under poison ratios {', '.join(cols)} "
                   f"({label('model', model or '?')})", ["Attack"], rows, cols)
     table.cells = _cells(sel, ["_a"], "_r", cols, cols, rows)
     return _add_averages(table)
 
 
-def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: str = "meca",
+def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: str | None = None,
                 ratio: float = 0.05) -> Table:
-    """Table VI: no defense and MeCa on other architectures (rows: attacks)."""
-    sel = df[df["model"].isin(models) & df["defense"].isin(["none", defense]) & np.isclose(df["poison_ratio"], ratio)]
-    sel = one_variant_per_defense(sel, exclude={"meca": {"relabel_relearn": True}})
-    sel = sel.assign(_c=sel["model"].map(lambda m: label("model", m)) + " " + sel["defense"].map(lambda d: label("defense", d)),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
-    cols = [f"{label('model', m)} {label('defense', d)}" for m in models for d in ("none", defense)]
-    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
-    rows = [(label("attack", a),) for a in attacks]
-    table = Table("Table VI", f"No defense and {label('defense', defense)} on other models", ["Attack"], rows, cols)
+    """Table VI: no defense and a defense (default: the one whose card lists Table VI) on other
+    architectures (rows: attacks)."""
+    defense = defense or featured_defense("table6")
+    sel = df[df["model"].isin(models) & df["defense"].isin([NO_DEFENSE, defense]) & np.isclose(df["poison_ratio"], ratio)]
+    sel = one_variant_per_defense(sel)
+    sel = _with_labels(sel, _c=sel["model"].map(lambda m: label("model", m)) + " "
+                       + sel["defense"].map(lambda d: label("defense", d)))
+    cols = [f"{label('model', m)} {label('defense', d)}" for m in models for d in (NO_DEFENSE, defense) if d]
+    rows = [(label("attack", a),) for a in in_order("attack", sel["attack"])]
+    table = Table("Table VI", f"No defense and {label('defense', defense or '?')} on other models", ["Attack"], rows, cols)
     table.cells = _cells(sel, ["_a"], "_c", cols, cols, rows)
     return _add_averages(table)
 
 
-def clean_vs_poisoned_table(df: pd.DataFrame, defense: str = "meca", ratio: float = 0.05) -> Table:
-    """Table VII: poisoned data without/with the defense, and the clean-data (ratio 0) rows."""
-    sel = df[df["defense"].isin(["none", defense])]
+def clean_vs_poisoned_table(df: pd.DataFrame, defense: str | None = None, ratio: float = 0.05) -> Table:
+    """Table VII: poisoned data without/with a defense (default: the one whose card lists Table VII),
+    and the clean-data (ratio 0) rows."""
+    defense = defense or featured_defense("table7")
+    sel = df[df["defense"].isin([NO_DEFENSE, defense])]
     model = main_model(sel)
-    sel = one_variant_per_defense(sel[sel["model"] == model], exclude={"meca": {"relabel_relearn": True}})
+    sel = one_variant_per_defense(sel[sel["model"] == model])
     sel = sel[np.isclose(sel["poison_ratio"], ratio) | np.isclose(sel["poison_ratio"], 0.0)]
-    sel = sel.assign(_data=np.where(np.isclose(sel["poison_ratio"], 0.0), "Clean data", "Poisoned data"),
-                     _a=sel["attack"].map(lambda a: label("attack", a)))
-    cols = ["No Defense", label("defense", defense)]
-    sel = sel.assign(_c=sel["defense"].map(lambda d: label("defense", d)))
-    attacks = _ordered(sel["attack"], ADAPTIVE_AND_CLASSIC)
+    sel = _with_labels(sel, _data=np.where(np.isclose(sel["poison_ratio"], 0.0), "Clean data", "Poisoned data"),
+                       _c=sel["defense"].map(lambda d: label("defense", d)))
+    cols = [label("defense", d) for d in (NO_DEFENSE, defense) if d]
+    attacks = in_order("attack", sel["attack"])
     rows = [(kind, label("attack", a)) for kind in ("Poisoned data", "Clean data") for a in attacks
             if ((sel["_data"] == kind) & (sel["attack"] == a)).any()]
     table = Table("Table VII", f"Poisoned (ratio {ratio:g}) vs clean data, without and with "
-                  f"{label('defense', defense)} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
-    table.cells = _cells(sel, ["_data", "_a"], "_c", ["No Defense", label("defense", defense)], cols, rows)
+                  f"{label('defense', defense or '?')} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
+    table.cells = _cells(sel, ["_data", "_a"], "_c", cols, cols, rows)
     return _add_averages(table)
 
 
 def paper_tables(df: pd.DataFrame) -> dict[str, Table]:
     """Every table, keyed by file stem; tables with no data at all are left out."""
-    tables = {
-        "table2": attack_defense_table(df, "Table II", "ACC/ASR (%) against classic attacks", TABLE2_ATTACKS, PAPER_DEFENSES),
-        "table2_extended": attack_defense_table(df, "Table II (extended)", "ACC/ASR (%) against classic attacks, "
-                                                "with the seed defenses", TABLE2_ATTACKS, PAPER_DEFENSES + EXTRA_DEFENSES),
-        "table3": attack_defense_table(df, "Table III", "ACC/ASR (%) against adaptive attacks", TABLE3_ATTACKS, PAPER_DEFENSES),
-        "table3_extended": attack_defense_table(df, "Table III (extended)", "ACC/ASR (%) against adaptive attacks, "
-                                                "with the seed defenses", TABLE3_ATTACKS, PAPER_DEFENSES + EXTRA_DEFENSES),
-        "table4": meca_relabel_table(df),
+    tables = {}
+    for key, name, caption in [("table2", "Table II", "ACC/ASR (%) against classic attacks"),
+                               ("table3", "Table III", "ACC/ASR (%) against adaptive attacks")]:
+        attacks = members("attack", key)
+        tables[key] = attack_defense_table(df, name, caption, attacks, members("defense", key))
+        tables[f"{key}_extended"] = attack_defense_table(
+            df, f"{name} (extended)", f"{caption}, with every defense run", attacks,
+            extended_defenses(df[df["attack"].isin(attacks)], key))
+    tables.update({
+        "table4": variant_table(df),
         "table5": ratio_table(df),
         "table6": model_table(df),
         "table7": clean_vs_poisoned_table(df),
         "variants": variants_table(df),
-    }
+    })
     return {k: t for k, t in tables.items() if t.cells}

@@ -2,6 +2,13 @@
 
 All reports read ``results/runs.parquet`` (or ``runs.csv``, or the records themselves when the
 table has not been consolidated yet). Rates stay fractions in the table; reports print points.
+
+What the reports know about attacks and defenses comes from their cards (:mod:`bench.card`):
+display labels (:func:`label`), the paper tables each appears in and its place there
+(:func:`members`, :func:`in_order`), and which parameter sets are variants rather than a
+defense's main row (:func:`is_variant`). No report names a plug-in. Names read from results are
+looked up among registered plug-ins only (``Registry.lookup``): a ``module:Object`` name in a
+received results folder is never imported; it is shown under its own name.
 """
 from __future__ import annotations
 
@@ -14,16 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEFENSE_LABELS = {
-    "none": "No Defense", "fine_tuning": "FineTuning", "fine_pruning": "FinePruning", "cutmix": "CutMix",
-    "clp": "CLP", "dbr": "DBR", "scan_ft": "SCAnFT", "abl": "ABL", "meca": "MeCa", "nt_ml": "NT-ML",
-    "mcldef": "MCLDef", "bcu": "BCU",
-}
-ATTACK_LABELS = {
-    "badnet": "BadNet", "blend": "Blend", "sig": "SIG", "wanet": "WaNet", "physicalba": "PhysicalBA",
-    "tact": "TaCT", "adaptive_blend": "AdaptiveBlend", "adaptive_patch": "AdaptivePatch",
-    "narcissus": "Narcissus", "lc": "LC", "trojan": "Trojan", "iad": "IAD", "clean": "Clean",
-}
+from bench.card import DEFAULT_ORDER, NO_DEFENSE, DefenseCard, PluginCard
+
 DATASET_LABELS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet",
                   "imagenette": "Imagenette", "digits": "Digits"}
 MODEL_LABELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "mobilenetv2": "MobileNetV2",
@@ -33,12 +32,64 @@ MODEL_LABELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "mobilenetv2": "
 ORACLE_SUFFIX = "+oracle"
 
 
+def _registry(kind: str):
+    from bench.registry import ATTACKS, DEFENSES
+
+    return {"attack": ATTACKS, "defense": DEFENSES}[kind]
+
+
+def base_name(name: str) -> str:
+    """A defense's registered name, without the '+oracle' mark of runs with oracle knowledge."""
+    name = str(name)
+    return name[:-len(ORACLE_SUFFIX)] if name.endswith(ORACLE_SUFFIX) else name
+
+
+def card(kind: str, name: str) -> PluginCard | None:
+    """The card of a registered attack or defense (None for a name no plug-in registers here)."""
+    entry = _registry(kind).lookup(base_name(name) if kind == "defense" else str(name))
+    return entry.card if entry is not None else None
+
+
 def label(kind: str, name: str) -> str:
-    table = {"defense": DEFENSE_LABELS, "attack": ATTACK_LABELS, "dataset": DATASET_LABELS,
-             "model": MODEL_LABELS}[kind]
+    """The display label of an attack or defense (from its card), dataset or model; a name
+    without one is shown as it is. Oracle runs of a defense are labelled '<label> (oracle)'."""
+    if kind in ("dataset", "model"):
+        return {"dataset": DATASET_LABELS, "model": MODEL_LABELS}[kind].get(name, name)
+    found = card(kind, name)
+    text = found.display if found is not None else (base_name(name) if kind == "defense" else str(name))
     if kind == "defense" and str(name).endswith(ORACLE_SUFFIX):
-        return f"{table.get(name[:-len(ORACLE_SUFFIX)], name[:-len(ORACLE_SUFFIX)])} (oracle)"
-    return table.get(name, name)
+        return f"{text} (oracle)"
+    return text
+
+
+def members(kind: str, table: str) -> list[str]:
+    """The registered attacks or defenses whose card lists ``table`` (a key of
+    :data:`bench.card.TABLES`), in their cards' order."""
+    reg = _registry(kind)
+    return in_order(kind, [n for n in reg.list("*") if table in reg.lookup(n).card.tables])
+
+
+def in_order(kind: str, names) -> list[str]:
+    """``names`` without repeats, in their cards' order (the paper's), then by name."""
+    def key(name):
+        found = card(kind, name)
+        return (found.order if found is not None else DEFAULT_ORDER, str(name))
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
+def featured_defense(table: str) -> str | None:
+    """The defense a one-defense table or figure studies (Tables V-VII, Figs. 4, 6, 7): the first
+    whose card lists it (None when no registered defense does)."""
+    found = [d for d in members("defense", table) if d != NO_DEFENSE]
+    return found[0] if found else None
+
+
+def is_variant(defense: str, params: dict) -> bool:
+    """Whether a run's parameters make it a variant of the defense (its card's
+    ``variant_params``), shown in the variants table and never in the defense's main row."""
+    found = card("defense", defense)
+    return isinstance(found, DefenseCard) and found.is_variant(params)
 
 
 def uses_oracle(params: dict) -> bool:
@@ -111,12 +162,14 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 @functools.lru_cache(maxsize=None)
 def default_params_key(defense: str) -> str | None:
     """The canonical JSON of a defense's default parameters (None if it is not registered)."""
-    try:
-        from bench.registry import DEFENSES, params_to_dict
+    from bench.registry import DEFENSES, params_to_dict
 
-        name = defense[:-len(ORACLE_SUFFIX)] if defense.endswith(ORACLE_SUFFIX) else defense
-        return json.dumps(params_to_dict(DEFENSES.get(name).make_params()), sort_keys=True)
-    except Exception:
+    entry = DEFENSES.lookup(base_name(defense))
+    if entry is None:
+        return None
+    try:
+        return json.dumps(params_to_dict(entry.make_params()), sort_keys=True)
+    except Exception:  # noqa: BLE001 - params that do not build on their own: no default row
         return None
 
 
@@ -150,16 +203,20 @@ def at_main_budget(df: pd.DataFrame) -> pd.DataFrame:
 
 def one_variant_per_defense(df: pd.DataFrame, exclude: dict | None = None) -> pd.DataFrame:
     """Keep a single parameter set per defense, at the main budget scale: the default one if
-    present, else the most common.
+    present, else the most common. Variants (runs matching the defense card's
+    ``variant_params``, e.g. MeCa with ``relabel_relearn`` on, which only Table IV and the
+    variants table show) are left out.
 
-    ``exclude`` maps a defense to parameter values that disqualify a row (e.g. MeCa with
-    ``relabel_relearn`` on, which only Table IV shows)."""
+    ``exclude`` (optional) maps a defense to parameter values that disqualify a row instead of its
+    card's variant parameters."""
     df = at_main_budget(df)
     if df.empty:
         return df
     keep = []
     for defense, part in df.groupby("defense"):
-        if exclude and defense in exclude:
+        if exclude is None:
+            part = part[~part["defense_params"].map(lambda d, name=defense: is_variant(name, d)).astype(bool)]
+        elif defense in exclude:
             for key, value in exclude[defense].items():
                 part = part[part["defense_params"].map(lambda d: d.get(key) != value)]
         if part.empty:
