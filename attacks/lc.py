@@ -25,7 +25,7 @@ Choices where the spec leaves room:
   (``adv_trained``) is not implemented and is refused.
 * PGD steps scale with the budget like training epochs, but never below ``min(steps, 10)``
   (at 1.5/255 a step, 6 steps already reach the 8/255 boundary): ``max(min(steps, 10),
-  round(steps * budget_scale))``. The effective count is recorded (``lc_pgd_steps``).
+  round(steps * budget.scale))``. The effective count is recorded (``lc_pgd_steps``).
 * The adversarial images are cached per poisoned batch under ``<cache>/lc/<key>.pt``, key = hash
   of the batch's pixels, the surrogate's key (training tensors, architecture, recipe, seed,
   budget) and the PGD settings; the surrogate itself is only trained when a batch is missing, so a
@@ -114,7 +114,7 @@ class LabelConsistent(Attack):
         self._surrogate = None
         if p.eps > 0 and p.steps > 0:
             self._sur_key = sg.surrogate_key(train, ctx, self.name)
-            self.pgd_steps = int(max(min(p.steps, 10), round(p.steps * ctx.budget_scale)))
+            self.pgd_steps = ctx.budget.count(p.steps, minimum=min(p.steps, 10))
         else:
             self.pgd_steps = 0
         self.prep_info = {"lc_pgd_steps": self.pgd_steps, "lc_surrogate": p.surrogate, "lc_cache_hits": 0,

@@ -8,7 +8,7 @@ fraction of the whole training set; the paper's setting is 0.0005 (25 CIFAR-10 i
 How the trigger is made (all training through :func:`bench.engine.fit`):
 
 1. **Surrogate.** A model of the cell's architecture trained on the clean training set with the
-   cell's own recipe, epochs x ``budget_scale`` (:func:`bench.surrogate.standard_surrogate`,
+   cell's own recipe, epochs x ``budget.scale`` (:func:`bench.surrogate.standard_surrogate`,
    shared with LC and cached per cell).
 2. **Poi-warm-up** (off by default, see below). A copy fine-tuned on the target-class training
    images only, towards the target class, ``warmup_epochs`` (paper 5) x budget, RAdam lr 0.1,
@@ -127,7 +127,7 @@ class Narcissus(Attack):
         return sg.artifact_key("narcissus", surrogate=sg.surrogate_key(train, ctx, self.name),
                                target=p.target, eps=p.eps, pood=p.pood, warmup=(p.warmup_epochs, p.warmup_lr),
                                trigger=(p.trigger_epochs, p.trigger_lr), bs=p.batch_size,
-                               scale=ctx.budget_scale, seed=sg.ctx_seed(ctx))
+                               scale=ctx.budget.scale, seed=sg.ctx_seed(ctx))
 
     def prepare(self, train, ctx) -> None:
         p = self.params

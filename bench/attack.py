@@ -23,6 +23,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from bench.budget import Budget
 from bench.card import AttackCard, bind_card
 from bench.data import Split, to_float, to_uint8
 from bench.registry import ATTACKS
@@ -55,7 +56,7 @@ class AttackContext:
     generator: torch.Generator
     model_factory: Callable[[], torch.nn.Module] | None = None
     train_config: object | None = None
-    budget_scale: float = 1.0
+    budget: Budget = field(default_factory=Budget)   # the attacker's share of the papers' budgets
     cache_dir: str | None = None
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn as nn
 
+from bench.budget import Budget
 from bench.card import NO_DEFENSE, DefenseCard, bind_card
 from bench.data import Split
 from bench.engine import TrainConfig
@@ -51,27 +52,27 @@ class DefenseConfigError(ValueError):
 
 
 @dataclass
-class Budget:
-    """How much of the paper's budget a suite affords. ``scale`` multiplies every epoch count a
-    defense takes from its paper (1.0 = full budget); results record the measured cost."""
-
-    scale: float = 1.0
-    min_epochs: float = 1.0
-
-    def epochs(self, full: float) -> float:
-        """``full`` paper epochs scaled by the suite, at least ``min_epochs`` (never above full)."""
-        return float(min(full, max(self.min_epochs, round(full * self.scale, 3))))
-
-
-@dataclass
 class CellInfo:
-    """What a defense may know about a cell before running (for :meth:`Defense.check`)."""
+    """What a defense may know about a cell before running (for :meth:`Defense.check`):
+    ``n_train`` images in the (poisoned) training set, and a clean reserve of ``reserve_size``
+    images carved out of the original ``n_train + reserve_size`` (its fraction of that total is
+    ``reserve_fraction``; a defense may use a prefix of it, never more)."""
 
     num_classes: int
     image_shape: tuple[int, int, int]
     n_train: int
     model_name: str
     reserve_fraction: float
+    reserve_size: int | None = None
+
+    @property
+    def n_total(self) -> int:
+        """The training subset before the reserve was carved out."""
+        return self.n_train + (self.reserve_size or 0)
+
+    def reserve_images(self, fraction: float) -> int:
+        """Reserve images a defense asking for ``fraction`` of the training data gets."""
+        return math.floor(fraction * self.n_total)
 
 
 def cell_model_or_none(cell: CellInfo) -> nn.Module | None:
@@ -253,13 +254,18 @@ class Defense:
 
     def check(self, cell: CellInfo) -> None:
         """Refuse settings that cannot work on this cell, before any compute."""
-        if self.needs_reserve:
+        if self.declaration()["needs_reserve"]:
             frac = self.reserve_fraction(cell.reserve_fraction)
-            n = math.floor(frac * cell.n_train)
+            n = cell.reserve_images(frac)
             if not 0 < frac < 1 or n < 1:
                 raise DefenseConfigError(
-                    f"{self.name}: a clean reserve fraction of {frac} gives {n} of {cell.n_train} training "
+                    f"{self.name}: a clean reserve fraction of {frac} gives {n} of {cell.n_total} training "
                     f"images; it must be in (0, 1) and give at least one image")
+            if cell.reserve_size is not None and frac > cell.reserve_fraction + 1e-12:
+                raise DefenseConfigError(
+                    f"{self.name}: asks for a clean reserve of {frac:g} of the training data, but the cell "
+                    f"reserves {cell.reserve_fraction:g} (the reserve is carved out before poisoning); "
+                    f"raise the suite's reserve_fraction to at least {frac:g}")
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         raise NotImplementedError

@@ -348,6 +348,7 @@ def _prepare(request: dict):
         import torch
 
         torch.set_num_threads(int(rt["threads"]))
+    sys.path[:] = list(dict.fromkeys([*request.get("sys_path", []), *sys.path]))
     module = request["defense"].get("module")
     if module:
         importlib.import_module(module)   # registers a plug-in defined outside the packages

@@ -15,12 +15,14 @@ per (clean model, defense, params, budget, salt) and reused by every attack's cl
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from bench import artifacts
 from bench.cell import Cell, backdoored_model, build_cell, clear_memo, load_bundle, train_config_for  # noqa: F401
 from bench.datasets import default_cache_dir
+from bench.defense import DefenseConfigError
 from bench.inputs import build_context, cell_info, defense_inputs  # noqa: F401
 from bench.isolation import run_isolated
 from bench.outcome import failed_record, make_record, restore_model  # noqa: F401
@@ -45,8 +47,13 @@ def _defense_request(spec: RunSpec, cell: Cell) -> dict:
     import torch
 
     info = cell_info(cell)
-    return {"defense": {"name": spec.defense, "params": dict(spec.defense_params),
-                        "module": getattr(entry.obj, "__module__", None)},
+    module = getattr(entry.obj, "__module__", None)
+    if module == "__main__":
+        raise DefenseConfigError(
+            f"defense '{spec.defense}' is defined in __main__; a defense runs in a process of its own, "
+            f"which imports the module that defines it: move it into a module file on the Python path")
+    return {"defense": {"name": spec.defense, "params": dict(spec.defense_params), "module": module},
+            "sys_path": [p for p in sys.path if p],
             "cell": {"num_classes": info.num_classes, "image_shape": list(info.image_shape),
                      "n_train": info.n_train, "model_name": info.model_name,
                      "reserve_fraction": info.reserve_fraction, "reserve_size": info.reserve_size},

@@ -8,6 +8,7 @@ carved out before poisoning, seeds salted) is tested on every registered attack.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -281,3 +282,42 @@ def test_reserve_is_carved_out_before_poisoning_on_every_attack(attack, monkeypa
 
 def _has_preset(attack: str) -> bool:
     return "meca" in (getattr(ATTACKS.get(attack).obj, "presets", {}) or {})
+
+
+@dataclasses.dataclass
+class LookParams:
+    path: str = ""
+    pid: int = 0
+
+
+@DEFENSES.register("_cheat_look")
+class PathGuesser(Defense):
+    """A determined cheater that guessed where the cache is and who its evaluator is."""
+
+    Params = LookParams
+
+    def run(self, ctx):
+        listing = os.listdir(self.params.path) if os.path.isdir(self.params.path) else None
+        return DefenseOutput(ctx.model, info={"listing": listing,
+                                              "evaluator_visible": os.path.exists(f"/proc/{self.params.pid}")})
+
+
+def _namespaces_permitted() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _namespaces_permitted(), reason="unshare is not permitted here")
+def test_namespace_isolation_hides_the_cache_and_the_evaluator(shared_cache):
+    params = {"path": str(shared_cache), "pid": os.getpid()}
+    spec = RunSpec(defense="_cheat_look", defense_params=params, **SPEC)
+    plain_info = execute(spec)[0]["defense_info"]
+    assert plain_info["listing"] and plain_info["evaluator_visible"]   # what process isolation leaves
+    record, _ = execute(spec, isolation="namespace")
+    assert record["isolation"] == "namespace"
+    assert record["defense_info"]["listing"] == [] and not record["defense_info"]["evaluator_visible"]

@@ -2,10 +2,13 @@
 
 A block is skipped only when the line before its opening fence is ``<!-- not run: reason -->``.
 Python blocks of one file run in order in one module namespace; ``bash`` blocks run in the
-repository root with a time limit.
+repository root with a time limit. A Python block marked ``<!-- module: name -->`` is a module
+file of its own (``name.py``, e.g. a defense plug-in, which its isolated process must import): it
+is written to a folder on the Python path, imported, and its names join the page's namespace.
 """
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\s*$")
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->")
+MODULE = re.compile(r"<!--\s*module:\s*(\w+)\s*-->")
 
 
 def blocks(path: Path):
@@ -30,12 +34,14 @@ def blocks(path: Path):
             lang, start = m.group(1), i
             prev = lines[i - 1] if i else ""
             reason = NOT_RUN.search(prev)
+            module = MODULE.search(prev)
             body = []
             i += 1
             while i < len(lines) and not lines[i].startswith("```"):
                 body.append(lines[i])
                 i += 1
-            yield lang, "\n".join(body), reason.group(1) if reason else None, start + 1
+            yield lang, "\n".join(body), reason.group(1) if reason else None, start + 1, \
+                module.group(1) if module else None
         i += 1
 
 
@@ -49,10 +55,15 @@ def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
     module = types.ModuleType(f"docs_{path.stem}")
     sys.modules[module.__name__] = module
     try:
-        for lang, code, reason, line in blocks(path):
+        for lang, code, reason, line, module_name in blocks(path):
             if reason:
                 continue
-            if lang == "python":
+            if lang == "python" and module_name:
+                (tmp_path / f"{module_name}.py").write_text(code + "\n")
+                monkeypatch.syspath_prepend(str(tmp_path))
+                imported = importlib.import_module(module_name)
+                module.__dict__.update({k: v for k, v in vars(imported).items() if not k.startswith("__")})
+            elif lang == "python":
                 exec(compile(code, f"{path.name}:{line}", "exec"), module.__dict__)
             elif lang in ("bash", "sh", "shell"):
                 res = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=ROOT, capture_output=True,
@@ -68,7 +79,7 @@ def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
 
 def test_not_run_markers_give_reasons():
     for path in DOCS:
-        for lang, code, reason, line in blocks(path):
+        for lang, code, reason, line, _ in blocks(path):
             if reason is not None:
                 assert len(reason) > 10, f"{path.name}:{line}: say why the block is not run"
 

@@ -16,6 +16,7 @@ A suite is a TOML file (``bench/suites/<name>.toml``, or any path) describing a 
     [budget]                              # how much compute the suite affords
     epochs = 2                            # epochs of the standard (backdoor) training
     scale = 0.05                          # multiplies every paper epoch count of the defenses
+    min_steps = 50                        # floor: no training phase of a defense takes fewer steps
     n_train = 10000                       # seeded, class-balanced subsets (omit for all)
     n_test = 2000
 

@@ -21,6 +21,7 @@ import json
 import math
 from typing import Iterable
 
+from bench.budget import Budget
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, Entry, Registry
 from bench.spec import RunSpec
 from bench.suite.parse import Suite, SuiteError
@@ -134,7 +135,8 @@ def _block_specs(suite: Suite, block: dict, problems: list[str]) -> Iterable[Run
                       seed=seed, attack_params=_attack_params(at, atp, preset, target),
                       defense_params=_with_preset(DEFENSES, de, dict(dep), preset),
                       dataset_params=dict(dsp), train=dict(train),
-                      budget_scale=float(budget.get("scale", 1.0)),
+                      budget=Budget(scale=float(budget.get("scale", 1.0)),
+                                    min_steps=int(budget.get("min_steps", 0))),
                       reserve_fraction=float(block.get("reserve_fraction", 0.05)),
                       n_train=budget.get("n_train"), n_test=budget.get("n_test"), suite=suite.name)
 

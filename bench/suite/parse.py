@@ -24,7 +24,7 @@ AXES = ("datasets", "models", "attacks", "ratios", "seeds", "defenses")
 _SCALARS = ("target", "preset", "reserve_fraction", "description")
 _KNOWN_KEYS = set(AXES) | set(_SCALARS) | {"budget", "train", "exclude", "grid", "name"}
 _BLOCK_KEYS = _KNOWN_KEYS - {"grid", "name", "description"}
-_BUDGET_KEYS = {"epochs", "scale", "n_train", "n_test"}
+_BUDGET_KEYS = {"epochs", "scale", "min_steps", "n_train", "n_test"}
 _EXCLUDE_KEYS = {"dataset", "model", "attack", "ratio", "seed", "defense"}
 _MERGED_TABLES = ("budget", "train")   # a [[grid]] block's tables extend the top level's
 
@@ -189,6 +189,8 @@ def _budget_problems(budget) -> list[str]:
             problems.append(f"[budget]: unknown key '{k}' (known: {', '.join(sorted(_BUDGET_KEYS))})")
         elif k in ("n_train", "n_test") and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             problems.append(f"[budget] {k} must be a positive integer, got {v!r}")
+        elif k == "min_steps" and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            problems.append(f"[budget] min_steps must be a non-negative integer, got {v!r}")
         elif k in ("epochs", "scale") and not _positive_number(v):
             problems.append(f"[budget] {k} must be a positive number, got {v!r}")
     return problems
