@@ -113,6 +113,7 @@ class Console:
                  + (f", {o.skipped} finished elsewhere" if o.skipped else "")
                  + (f", {o.done_before} already done" if o.done_before else "")
                  + (f", {o.failed_kept} earlier failures kept (--retry-failed reruns them)" if o.failed_kept else ""))
-        self.say(f"results: {o.results}  (records in {o.results / 'records'}, diagnostics in {o.results / 'diagnostics'})")
+        self.say(f"results: {o.results}  (records in {o.results / 'records'}, "
+                 f"diagnostics in {o.results / 'diagnostics'})")
         if o.table:
             self.say(f"table:   {o.table[0]}  and  {o.table[1]}")

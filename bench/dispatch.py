@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench.plan import Job, model_lock
+from bench.plan import Job
 from bench.spec import RunSpec
-from bench.store import Store, exclusive_lock
+from bench.store import Store
 
 MAX_DISPATCH_ATTEMPTS = 2
 
@@ -79,6 +79,7 @@ class WorkerOptions:
     results: str
     data_root: str
     cache_dir: str
+    salt: str                   # the results folder's secret (bench.protocol): evaluator-side only
     device: str
     threads: int | None
     jobs_per_gpu: int
@@ -196,7 +197,7 @@ def _train_artifact(spec: RunSpec, store: Store, opts: WorkerOptions) -> dict:
 
     t0 = time.time()
     try:
-        cell = runner.build_cell(spec, opts.data_root, opts.cache_dir)
+        cell = runner.build_cell(spec, opts.data_root, opts.cache_dir, opts.salt)
         _, meta = runner.backdoored_model(cell, opts.cache_dir)
         store.log_event("artifact", cell_id=spec.cell_id, cache_hit=meta["cache_hit"])
         return summary("artifact", spec, "artifact", wall=time.time() - t0)
@@ -214,8 +215,10 @@ def _execute_claimed(kind: str, spec: RunSpec, store: Store, opts: WorkerOptions
     store.log_event("started", run_id=spec.run_id, kind=kind, label=spec.label(), device=_WORKER.get("device"))
     try:
         if kind in ("repair", "train"):
-            _await_cell(spec, store, opts.cache_dir, opts.session_start, wait=kind == "repair")
-        record, diagnostics = runner.execute(spec, opts.data_root, opts.cache_dir)
+            _await_cell(spec, store, opts, wait=kind == "repair")
+        # the results folder is hidden from the defense's process too (isolation "namespace")
+        record, diagnostics = runner.execute(spec, opts.data_root, opts.cache_dir, salt=opts.salt,
+                                             hide=(opts.results,))
         record.update(job=kind, started_at=t0, pid=os.getpid(), worker_device=_WORKER.get("device"),
                       cpu_s=time.process_time() - c0)
         store.write(record, diagnostics)
@@ -237,11 +240,12 @@ class CellFailedError(RuntimeError):
     """The backdoor training of this run's cell failed earlier in this session."""
 
 
-def _await_cell(spec: RunSpec, store: Store, cache_dir, since: float, wait: bool) -> None:
-    if wait:  # a backdoor training in progress holds this lock: wait for it to finish
-        with exclusive_lock(model_lock(cache_dir, spec)):
-            pass
-    err = store.cell_failure(spec.cell_id, since)
+def _await_cell(spec: RunSpec, store: Store, opts: WorkerOptions, wait: bool) -> None:
+    if wait:  # a backdoor training in progress holds the model's lock: wait for it to finish
+        from bench.cell import wait_for_model
+
+        wait_for_model(spec, opts.cache_dir, opts.salt)
+    err = store.cell_failure(spec.cell_id, opts.session_start)
     if err:
         raise CellFailedError(f"the backdoor training of this cell failed in this session: {err}")
 

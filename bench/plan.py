@@ -46,14 +46,14 @@ def defense_stage(name: str) -> str:
     return getattr(DEFENSES.get(name).obj, "stage", "repair")
 
 
-def model_artifact(cache_dir: Path, spec: RunSpec) -> Path:
-    """Where the artifact cache keeps a spec's backdoored model (clean cells share one model)."""
-    return Path(cache_dir) / "models" / f"{spec.model_id}.pt"
+def model_cached(cache_dir: Path, spec: RunSpec, salt: str) -> bool:
+    """Whether the artifact cache holds a spec's backdoored model for this salt (clean cells share
+    one model; :func:`bench.cell.backdoored_model` names it ``<model_id>-<salt_id>``)."""
+    from bench.artifacts import artifact_paths
+    from bench.cell import models_folder
+    from bench.protocol import salt_id
 
-
-def model_lock(cache_dir: Path, spec: RunSpec) -> Path:
-    """The lock a backdoor training holds while it writes :func:`model_artifact`."""
-    return model_artifact(cache_dir, spec).with_suffix(".lock")
+    return all(p.exists() for p in artifact_paths(models_folder(cache_dir), f"{spec.model_id}-{salt_id(salt)}"))
 
 
 def _artifact_spec(spec: RunSpec) -> RunSpec:
@@ -61,10 +61,10 @@ def _artifact_spec(spec: RunSpec) -> RunSpec:
     return spec.__class__(**{**spec.to_dict(), "defense": "none", "defense_params": {}})
 
 
-def plan(specs: list[RunSpec], store: "Store", cache_dir: Path, *, force: bool = False,
+def plan(specs: list[RunSpec], store: "Store", cache_dir: Path, salt: str, *, force: bool = False,
          retry_failed: bool = False) -> tuple[list[Job], dict]:
-    """The jobs to run for ``specs`` given what the store holds, longest-first; and counts
-    (``runs``, ``done``, ``failed_kept``, ``todo``)."""
+    """The jobs to run for ``specs`` given what the store holds and the cache (under the results
+    folder's ``salt``), longest-first; and counts (``runs``, ``done``, ``failed_kept``, ``todo``)."""
     statuses = store.statuses()
     counts = {"runs": len(specs), "done": 0, "failed_kept": 0, "todo": 0}
     cells: OrderedDict[str, list[RunSpec]] = OrderedDict()
@@ -95,7 +95,7 @@ def plan(specs: list[RunSpec], store: "Store", cache_dir: Path, *, force: bool =
             models_planned.add(s.model_id)
         others = [s for s in todo if s.defense != "none"]
         if others and not none and others[0].model_id not in models_planned \
-                and not model_artifact(cache_dir, others[0]).exists():
+                and not model_cached(cache_dir, others[0], salt):
             models_planned.add(others[0].model_id)
             backdoor.append(Job("artifact", _artifact_spec(others[0])))
         for s in others:

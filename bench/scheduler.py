@@ -28,10 +28,12 @@ scheduler process ends, killed or not.
 results folder (:mod:`bench.store`) under a per-run claim (an ``flock``), so two schedulers on the
 same folder never run a run twice, and a killed scheduler loses only the runs in flight. A rerun
 skips runs that have a record; ``--retry-failed`` also redoes runs whose record says failed;
-``--force`` redoes everything. A failing run becomes a failed record with its error and the grid
-goes on; the exit code is the number of failed runs (at most 100), 101 when the suite is invalid or
-the results or cache folder cannot be written (every problem is listed before any job starts), 130
-when interrupted. At the end the records are consolidated into ``runs.parquet`` and ``runs.csv``.
+``--force`` redoes everything. Every run of a results folder draws its seeds with the folder's secret
+salt (:mod:`bench.protocol`), which the scheduler reads once and hands to its workers (never to a
+defense). A failing run becomes a failed record with its error and the grid goes on; the exit code
+is the number of failed runs (at most 100), 101 when the suite is invalid or the results or cache
+folder cannot be written (every problem is listed before any job starts), 130 when interrupted.
+At the end the records are consolidated into ``runs.parquet`` and ``runs.csv``.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from pathlib import Path
 from bench.console import Console
 from bench.dispatch import Backend, WorkerOptions, default_workers, run_job, run_jobs, setup_worker
 from bench.plan import Job, plan, reuse_last
+from bench.protocol import folder_salt
 from bench.store import Store
 from bench.suite import SuiteError, apply_filters, expand, load_suite, validate
 
@@ -199,14 +202,14 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
     t_val = time.time()
     folder_problems = _folder_problems(results, cache_dir)
     filters = dict(attacks=attacks, defenses=defenses, datasets=datasets, models=models, ratios=ratios, seeds=seeds)
-    # checking the data decodes it into the cache: only when the cache can be written
-    specs, problems = _specs_and_problems(s, filters, data_root, cache_dir, check_data and not folder_problems)
+    specs, problems = _specs_and_problems(s, filters, data_root, cache_dir, check_data)
     if folder_problems or problems:
         outcome.problems = folder_problems + problems
         console.refused(s.name, outcome.problems)
         return outcome
     store = Store(results).ensure()
-    jobs, counts = plan(specs, store, cache_dir, force=force, retry_failed=retry_failed)
+    salt = folder_salt(results)
+    jobs, counts = plan(specs, store, cache_dir, salt, force=force, retry_failed=retry_failed)
     outcome.done_before, outcome.failed_kept = counts["done"], counts["failed_kept"]
     console.planned(s.name, counts, jobs, time.time() - t_val)
     if dry_run:
@@ -218,8 +221,8 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
     pool = Backend(backend, max(1, int(workers)), dask_address)
     console.dispatching(pool, device, results)
     opts = WorkerOptions(
-        results=str(results), data_root=data_root, cache_dir=str(cache_dir), device=device, threads=pool.threads,
-        jobs_per_gpu=jobs_per_gpu, imports=imports, force=force, retry_failed=retry_failed,
+        results=str(results), data_root=data_root, cache_dir=str(cache_dir), salt=salt, device=device,
+        threads=pool.threads, jobs_per_gpu=jobs_per_gpu, imports=imports, force=force, retry_failed=retry_failed,
         session_start=session_start, in_process=pool.in_process,
         scheduler_pid=os.getpid() if pool.owns_workers else None)
     console.start_progress(len(jobs), s.name, progress)

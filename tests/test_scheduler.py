@@ -177,6 +177,11 @@ def test_grid_reuses_backdoor_records_failures_and_resume(env, capsys):
     out = run(suite, res, force=True)
     assert out.ok == 4 and out.failed == 1
     assert len(list((env / "cache" / "models").glob("*.pt"))) == 1
+    # the cell's model is cached: rerunning only its repairs plans no job that trains it
+    capsys.readouterr()
+    run(suite, res, force=True, defenses="_t_repair", dry_run=True)
+    kinds = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+    assert kinds == ["repair", "repair"]
 
 
 def test_corrupt_record_is_detected_and_rerun(env):
