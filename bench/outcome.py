@@ -31,12 +31,19 @@ class ArchitectureError(RuntimeError):
 
 def restore_model(cell: Cell, weights: dict) -> tuple[torch.nn.Module, bool]:
     """``(model, arch_ok)``: the returned weights loaded strictly into a fresh model of the cell's
-    architecture; ``arch_ok`` is False when the returned class was another one."""
+    architecture; ``arch_ok`` is False when the returned class was another one. Channel masks of
+    the framework's pruning (:func:`bench.pruning.set_channel_mask`, ``*.channel_mask`` buffers)
+    are part of the architecture a defense may return, and are put back first."""
+    from bench.pruning import set_channel_mask
+
     model = cell.architecture.build()
     expected = f"{type(model).__module__}.{type(model).__qualname__}"
     try:
+        for key, mask in weights["state"].items():
+            if key.endswith(".channel_mask"):
+                set_channel_mask(model.get_submodule(key[: -len(".channel_mask")]), mask)
         model.load_state_dict(weights["state"], strict=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ArchitectureError(
             f"the defense returned a model that is not of the cell's architecture ({cell.spec.model}, "
             f"{expected}; got {weights.get('class')}): {str(exc).splitlines()[0]}") from exc

@@ -104,11 +104,11 @@ class SCAnFT(Defense):
     def check(self, cell: CellInfo) -> None:
         super().check(cell)
         frac = self.reserve_fraction(cell.reserve_fraction)
-        n_res = math.floor(frac * cell.n_train)
+        n_res = cell.reserve_images(frac)
         if n_res < 2 * cell.num_classes:
             raise DefenseConfigError(
                 f"scan_ft: SCAn needs at least 2 clean reserve samples per class; a reserve fraction of "
-                f"{frac} of {cell.n_train} training images gives {n_res} for {cell.num_classes} classes "
+                f"{frac} of {cell.n_total} training images gives {n_res} for {cell.num_classes} classes "
                 f"(need >= {2 * cell.num_classes}); raise reserve_fraction")
 
     def detect(self, ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor, dict]:

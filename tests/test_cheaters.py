@@ -321,3 +321,57 @@ def test_namespace_isolation_hides_the_cache_and_the_evaluator(shared_cache):
     record, _ = execute(spec, isolation="namespace")
     assert record["isolation"] == "namespace"
     assert record["defense_info"]["listing"] == [] and not record["defense_info"]["evaluator_visible"]
+
+
+class _Payload:
+    """A pickle that would create a marker file when loaded by an unrestricted unpickler."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_model_in_the_cache_is_refused_and_never_executed(tmp_path):
+    from bench.cell import model_key, models_folder
+    from bench.files import UnsafeFileError
+
+    cache = tmp_path / "crafted-cache"
+    spec = RunSpec(defense="none", **SPEC)
+    cell = build_cell(spec, cache_dir=cache)
+    marker = tmp_path / "pwned"
+    folder = models_folder(cache)
+    folder.mkdir(parents=True)
+    torch.save({"weights": _Payload(str(marker))}, folder / f"{model_key(cell)}.pt")
+    (folder / f"{model_key(cell)}.json").write_text("{}")
+    with pytest.raises(UnsafeFileError, match="not plain tensor data"):
+        execute(spec, cache_dir=cache)
+    assert not marker.exists()
+    assert (folder / f"{model_key(cell)}.pt").exists()      # kept as evidence
+
+
+def test_a_changed_plugin_is_a_new_run(tmp_path, monkeypatch):
+    from bench import spec as spec_mod
+
+    source = tmp_path / "drifting_defense.py"
+    body = ("from bench.defense import Defense, DefenseOutput\nfrom bench.registry import DEFENSES\n\n\n"
+            "@DEFENSES.register('_drifting')\nclass Drifting(Defense):\n    '''Test plug-in.'''\n\n"
+            "    def run(self, ctx):\n        return DefenseOutput(ctx.model{})\n")
+    source.write_text(body.format(""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import drifting_defense  # noqa: F401
+
+    spec = RunSpec(defense="_drifting", **SPEC)
+    before = spec.run_id
+    source.write_text(body.format(", info={'changed': True}"))
+    spec_mod._CODE.clear()
+    assert spec.run_id != before and spec.cell_id == RunSpec(defense="none", **SPEC).cell_id
+    DEFENSES.remove("_drifting")
+
+
+def test_records_follow_the_umask(tmp_path):
+    from bench.files import UMASK, atomic_write_text
+
+    atomic_write_text(tmp_path / "r.json", "{}")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
