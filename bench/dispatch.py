@@ -89,6 +89,7 @@ class WorkerOptions:
     session_start: float        # records finished after this were written by this session
     in_process: bool
     scheduler_pid: int | None   # workers exit when this process ends (None: they never do)
+    isolation: str = "process"  # how defense processes are isolated (bench.isolation)
 
     def setup_key(self) -> tuple:
         return (self.device, self.threads, self.jobs_per_gpu, tuple(self.imports), self.in_process)
@@ -218,7 +219,7 @@ def _execute_claimed(kind: str, spec: RunSpec, store: Store, opts: WorkerOptions
             _await_cell(spec, store, opts, wait=kind == "repair")
         # the results folder is hidden from the defense's process too (isolation "namespace")
         record, diagnostics = runner.execute(spec, opts.data_root, opts.cache_dir, salt=opts.salt,
-                                             hide=(opts.results,))
+                                             hide=(opts.results,), isolation=opts.isolation)
         record.update(job=kind, started_at=t0, pid=os.getpid(), worker_device=_WORKER.get("device"),
                       cpu_s=time.process_time() - c0)
         store.write(record, diagnostics)

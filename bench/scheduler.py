@@ -183,7 +183,7 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
               dask_address: str | None = None, force: bool = False, retry_failed: bool = False,
               attacks=None, defenses=None, datasets=None, models=None, ratios=None, seeds=None,
               dry_run: bool = False, device: str = "auto", progress: bool | None = None,
-              imports=(), check_data: bool = True, out=None) -> Outcome:
+              imports=(), check_data: bool = True, out=None, isolation: str = "process") -> Outcome:
     """Expand, filter, validate, plan and run a suite; returns an :class:`Outcome`."""
     console = Console(out)
     session_start = time.time()
@@ -224,7 +224,7 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
         results=str(results), data_root=data_root, cache_dir=str(cache_dir), salt=salt, device=device,
         threads=pool.threads, jobs_per_gpu=jobs_per_gpu, imports=imports, force=force, retry_failed=retry_failed,
         session_start=session_start, in_process=pool.in_process,
-        scheduler_pid=os.getpid() if pool.owns_workers else None)
+        scheduler_pid=os.getpid() if pool.owns_workers else None, isolation=isolation)
     console.start_progress(len(jobs), s.name, progress)
     _dispatch(jobs, opts, pool, console, outcome)
     _consolidate(store, outcome, console)
@@ -246,6 +246,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local processes (joblib/loky) or a dask.distributed cluster")
     parser.add_argument("--dask-address", default=None, help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--isolation", choices=["process", "namespace"], default="process",
+                        help="defense processes: 'process' (default) or 'namespace' (Linux PID and mount "
+                             "namespaces hiding the evaluator and the results/cache/data folders; needs unshare)")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="rerun runs that already have a record")
     g.add_argument("--retry-failed", action="store_true", help="also rerun runs whose record says failed")
@@ -268,5 +271,5 @@ def main(args: argparse.Namespace) -> int:
         dask_address=args.dask_address, force=args.force, retry_failed=args.retry_failed,
         attacks=args.attacks, defenses=args.defenses, datasets=args.datasets, models=args.models,
         ratios=args.ratios, seeds=args.seeds, dry_run=args.dry_run, device=args.device,
-        progress=args.progress, imports=args.imports)
+        progress=args.progress, imports=args.imports, isolation=args.isolation)
     return outcome.exit_code
