@@ -14,6 +14,9 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and data roots (nothing leaks between tests)."""
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    # one fixed evaluator salt: tests draw the same reserve and poison in every run (a results
+    # folder gets a random one; see bench.protocol)
+    monkeypatch.setenv("BENCH_SALT", "tests-fixed-salt-0123456789abcdef")
     from bench.cell import clear_memo
 
     clear_memo()
