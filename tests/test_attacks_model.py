@@ -13,6 +13,7 @@ import torch
 
 from bench import engine
 from bench.attack import AttackConfigError, AttackContext
+from bench.budget import Budget
 from bench.engine import TrainConfig
 from bench.models import create_model
 from bench.registry import ATTACKS, ParamsError
@@ -29,7 +30,7 @@ def make_ctx(bundle, cache, seed=0, scale=1.0):
 
     cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, schedule="onecycle")
     return AttackContext(bundle.num_classes, shape, torch.Generator().manual_seed(seed), model_factory=factory,
-                         train_config=cfg, budget_scale=scale, cache_dir=None if cache is None else str(cache))
+                         train_config=cfg, budget=Budget(scale), cache_dir=None if cache is None else str(cache))
 
 
 def no_training(monkeypatch):
