@@ -169,7 +169,7 @@ def test_iad_counts_labels_cache(digits16, tmp_path, monkeypatch):
 
 # -- end to end -------------------------------------------------------------------------------------
 E2E = {   # ratio, attack params (tiny budgets), ASR it must beat (chance is about 0.1)
-    "narcissus": (0.08, {"trigger_epochs": 120, "trigger_lr": 0.05}, 0.5),
+    "narcissus": (0.08, {"trigger_epochs": 120, "trigger_lr": 0.05}, 0.35),   # chance is 0.1
     "lc": (0.1, {}, 0.25),
     "iad": (0.1, {"width": 8, "mask_epochs": 10}, 0.5),
 }
