@@ -16,7 +16,6 @@ target or ratio); clean cells (ratio 0) of different attacks share one model.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from bench import artifacts, engine
 from bench.attack import AttackContext, PoisonedTrain, TriggeredTest
-from bench.data import DatasetBundle, Split, subset_bundle
+from bench.data import DatasetBundle, Split, reserve_size, subset_bundle
 from bench.datasets import default_cache_dir, load_dataset
 from bench.engine import TrainConfig
 from bench.evaluate import evaluate_model
@@ -107,10 +106,6 @@ def load_bundle(spec: RunSpec, data_root=None, cache_dir=None) -> DatasetBundle:
     return bundle
 
 
-def reserve_size(n_train: int, fraction: float) -> int:
-    return math.floor(fraction * n_train)
-
-
 def split_reserve(n_train: int, fraction: float, seeds: Seeds) -> tuple[torch.Tensor, torch.Tensor]:
     """``(reserve, rest)`` indices: a seeded reserve of ``floor(fraction * n)`` positions, in draw
     order (a smaller reserve is a prefix), and the remaining positions in their original order."""
@@ -164,8 +159,9 @@ def default_salt(cache_dir=None) -> str:
 
 
 # -- the backdoored model -------------------------------------------------------------------------
-def model_key(cell: Cell) -> str:
-    return f"{cell.spec.model_id}-{cell.salt_id}"
+def model_key(spec: RunSpec, salt: str) -> str:
+    """The artifact key of a spec's backdoored model under a salt (clean cells share one model)."""
+    return f"{spec.model_id}-{salt_id(salt)}"
 
 
 def models_folder(cache_dir=None) -> Path:
@@ -189,7 +185,7 @@ def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]
         meta = {"wall_s": time.time() - t0, "epochs_equiv": meter.epochs_equiv, "phases": meter.phases}
         return {k: v.cpu() for k, v in model.state_dict().items()}, meta
 
-    key = model_key(cell)
+    key = model_key(spec, cell.salt)
     state, meta, hit = artifacts.cached(models_folder(cache_dir), key, train)
     model = cell.new_model()
     model.load_state_dict(state)
@@ -202,4 +198,4 @@ def backdoored_model(cell: Cell, cache_dir=None) -> tuple[torch.nn.Module, dict]
 
 def wait_for_model(spec: RunSpec, cache_dir, salt: str) -> None:
     """Block while another process trains this spec's backdoored model."""
-    artifacts.wait_for(models_folder(cache_dir), f"{spec.model_id}-{salt_id(salt)}")
+    artifacts.wait_for(models_folder(cache_dir), model_key(spec, salt))

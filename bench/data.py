@@ -7,6 +7,7 @@ again with :func:`to_uint8`, exactly like the clean images, so that no off-grid 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +75,11 @@ class DatasetBundle:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+
+def reserve_size(n_train: int, fraction: float) -> int:
+    """Images in a clean reserve of ``fraction`` of ``n_train`` training images (floor)."""
+    return math.floor(fraction * n_train)
 
 
 def balanced_subset(split: Split, n: int | None, generator: torch.Generator) -> torch.Tensor:

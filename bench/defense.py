@@ -29,7 +29,6 @@ computed from test data ever flows back into the defense: both calls return None
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -38,7 +37,7 @@ import torch.nn as nn
 
 from bench.budget import Budget
 from bench.card import NO_DEFENSE, DefenseCard, bind_card
-from bench.data import Split
+from bench.data import Split, reserve_size
 from bench.engine import TrainConfig
 from bench.registry import DEFENSES
 
@@ -72,7 +71,7 @@ class CellInfo:
 
     def reserve_images(self, fraction: float) -> int:
         """Reserve images a defense asking for ``fraction`` of the training data gets."""
-        return math.floor(fraction * self.n_total)
+        return reserve_size(self.n_total, fraction)
 
 
 def cell_model_or_none(cell: CellInfo) -> nn.Module | None:

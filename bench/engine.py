@@ -303,7 +303,9 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
     total_steps = max(1, _STEP_FLOOR.get(), round(cfg.epochs * steps_per_epoch))
     result = FitResult(epochs=cfg.epochs, steps=total_steps)
     bar = _progress(total_steps, desc)
-    step, epoch, seen = 0, 0, 0
+    meter = _METER.get()
+    passes_before = meter.samples if meter is not None else 0
+    step, epoch = 0, 0
     while step < total_steps:
         order = pool[torch.randperm(n, generator=g)]
         epoch_loss, epoch_steps = 0.0, 0
@@ -335,7 +337,6 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
                 torch.nn.utils.clip_grad_norm_(opt_params, cfg.grad_clip)
             opt.step()
             count_passes(len(idx))
-            seen += len(idx)
             epoch_loss += float(loss.detach())
             epoch_steps += 1
             step += 1
@@ -349,9 +350,9 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
     for m in models:
         m.eval()
     result.steps = step
-    meter = _METER.get()
     if meter is not None:
-        meter.phases.append({"phase": desc, "steps": step, "epochs": round(seen / n, 4)})
+        meter.phases.append({"phase": desc, "steps": step,
+                             "epochs": round((meter.samples - passes_before) / n, 4)})
     return result
 
 

@@ -140,9 +140,10 @@ class DefenseServer:
         if mode == "namespace":
             cmd = _namespace_command(cmd, self.hide)
         try:
+            # the defense's prints go to the evaluator's stderr, away from its stdout
+            stdout = sys.stderr.fileno() if _has_fileno(sys.stderr) else None
             self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], cwd=self._cwd, env=_clean_env(self.hide),
-                                          stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno()
-                                          if _has_fileno(sys.stderr) else None, close_fds=True)
+                                          stdin=subprocess.DEVNULL, stdout=stdout, close_fds=True)
         finally:
             theirs.close()
         self._ctrl.sendall(_HEADER.pack(len(config)) + config.encode())   # not on the command line
@@ -257,8 +258,10 @@ def _serve(fd: int) -> None:
 
     DEFENSES.names()   # imports the built-in and entry-point defenses
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # children are reaped automatically
-    if config.get("parent"):
-        _exit_with_parent(config["parent"])
+    if config.get("parent"):   # end with the evaluator, even when it is SIGKILLed
+        from bench.watchdog import exit_with
+
+        exit_with(config["parent"])
     ctrl.sendall(b"R")
     while True:
         try:
@@ -282,25 +285,6 @@ def _serve(fd: int) -> None:
         socket.send_fds(ctrl, [b"F"], [theirs.fileno()])
         theirs.close()
     os._exit(0)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """End this server when the process that started it is gone (even by SIGKILL)."""
-    start_ppid = os.getppid()
-
-    def watch():
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != start_ppid:
-                os._exit(0)
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:
-                pass
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _child(sock: socket.socket) -> None:

@@ -50,10 +50,9 @@ def model_cached(cache_dir: Path, spec: RunSpec, salt: str) -> bool:
     """Whether the artifact cache holds a spec's backdoored model for this salt (clean cells share
     one model; :func:`bench.cell.backdoored_model` names it ``<model_id>-<salt_id>``)."""
     from bench.artifacts import artifact_paths
-    from bench.cell import models_folder
-    from bench.protocol import salt_id
+    from bench.cell import model_key, models_folder
 
-    return all(p.exists() for p in artifact_paths(models_folder(cache_dir), f"{spec.model_id}-{salt_id(salt)}"))
+    return all(p.exists() for p in artifact_paths(models_folder(cache_dir), model_key(spec, salt)))
 
 
 def _artifact_spec(spec: RunSpec) -> RunSpec:

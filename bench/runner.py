@@ -19,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench import artifacts
-from bench.cell import Cell, backdoored_model, build_cell, clear_memo, load_bundle, train_config_for  # noqa: F401
+import torch
+
+from bench import artifacts, engine
+from bench.cell import Cell, backdoored_model, build_cell
 from bench.datasets import default_cache_dir
 from bench.defense import DefenseConfigError
-from bench.inputs import build_context, cell_info, defense_inputs  # noqa: F401
+from bench.inputs import build_context, cell_info, defense_inputs  # noqa: F401 - build_context: plug-in tests
 from bench.isolation import run_isolated
-from bench.outcome import failed_record, make_record, restore_model  # noqa: F401
+from bench.outcome import failed_record, make_record, restore_model  # noqa: F401 - failed_record: dispatch
 from bench.registry import DEFENSES
 from bench.spec import RunSpec, stable_hash
 
@@ -40,12 +42,8 @@ def clean_defense_id(spec: RunSpec, salt_id: str = "") -> str:
 
 
 def _defense_request(spec: RunSpec, cell: Cell) -> dict:
-    from bench import engine
-
     entry = DEFENSES.get(spec.defense)
     rt = engine.runtime()
-    import torch
-
     info = cell_info(cell)
     module = getattr(entry.obj, "__module__", None)
     if module == "__main__":

@@ -341,14 +341,14 @@ def test_a_crafted_model_in_the_cache_is_refused_and_never_executed(tmp_path):
     spec = RunSpec(defense="none", **SPEC)
     cell = build_cell(spec, cache_dir=cache)
     marker = tmp_path / "pwned"
-    folder = models_folder(cache)
+    folder, key = models_folder(cache), model_key(spec, cell.salt)
     folder.mkdir(parents=True)
-    torch.save({"weights": _Payload(str(marker))}, folder / f"{model_key(cell)}.pt")
-    (folder / f"{model_key(cell)}.json").write_text("{}")
+    torch.save({"weights": _Payload(str(marker))}, folder / f"{key}.pt")
+    (folder / f"{key}.json").write_text("{}")
     with pytest.raises(UnsafeFileError, match="not plain tensor data"):
         execute(spec, cache_dir=cache)
     assert not marker.exists()
-    assert (folder / f"{model_key(cell)}.pt").exists()      # kept as evidence
+    assert (folder / f"{key}.pt").exists()      # kept as evidence
 
 
 def test_a_changed_plugin_is_a_new_run(tmp_path, monkeypatch):
