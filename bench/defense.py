@@ -28,7 +28,6 @@ computed from test data ever flows back into the defense: both calls return None
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -279,8 +278,3 @@ class NoDefense(Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         return DefenseOutput(ctx.model)
-
-
-def private_copy(model: nn.Module) -> nn.Module:
-    """A deep copy, so a defense can never alter the cached backdoored model."""
-    return copy.deepcopy(model)

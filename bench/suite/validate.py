@@ -170,13 +170,10 @@ def _check_cells(specs: list[RunSpec], checks: _Checks) -> None:
 
 def _cell_info(bundle, s: RunSpec):
     """What a defense may know about the cell: the victim's training set once the clean reserve is
-    carved out (the reserve's size by the cell builder's own rule, where it has one)."""
+    carved out (by the cell builder's own rule, :func:`bench.data.reserve_size`)."""
+    from bench.data import reserve_size
     from bench.defense import CellInfo
 
     n = len(bundle.train)
-    try:
-        from bench.cell import reserve_size
-    except ImportError:  # a cell builder without a carved reserve: the defense sees the whole set
-        return CellInfo(bundle.num_classes, bundle.image_shape, n, s.model, s.reserve_fraction)
     k = reserve_size(n, s.reserve_fraction)
     return CellInfo(bundle.num_classes, bundle.image_shape, n - k, s.model, s.reserve_fraction, k)
