@@ -241,8 +241,23 @@ def _answer(sock: socket.socket, what: str) -> dict:
     if not isinstance(msg, dict):
         raise IsolationError(f"{what} is not a message")
     if "error" in msg:
-        raise RemoteDefenseError(str(msg.get("type", "Error")), str(msg["error"]), str(msg.get("traceback", "")))
+        raise _local_error(str(msg.get("type", "Error")), str(msg["error"]), str(msg.get("traceback", "")))
     return msg
+
+
+def _local_error(remote_type: str, message: str, remote_traceback: str) -> Exception:
+    """The defense's exception raised again here: as the suite's own type when it is one a caller
+    handles (a refused configuration, a protocol breach, bad parameters, divergence), else as
+    :class:`RemoteDefenseError`; both carry the remote type and traceback."""
+    from bench.defense import DefenseConfigError, ProtocolError
+    from bench.engine import DivergenceError
+    from bench.registry import ParamsError
+
+    known = {cls.__name__: cls for cls in (DefenseConfigError, ProtocolError, DivergenceError, ParamsError)}
+    exc = known[remote_type](message) if remote_type in known \
+        else RemoteDefenseError(remote_type, message, remote_traceback)
+    exc.remote_type, exc.remote_traceback = remote_type, remote_traceback
+    return exc
 
 
 # -- the defense's side (runs in the server and its children) ---------------------------------------

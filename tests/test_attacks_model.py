@@ -188,8 +188,6 @@ def test_end_to_end_asr_above_chance(name, tmp_path):
         # the corner trigger sits on the border, where crops cut it off; a clean-label attack also
         # needs the victim to fit its few target-class images: 8 epochs (ASR 0.82 here, 0.22 at 4)
         train.update(augment=False, epochs=8)
-    if name == "narcissus":   # 95 % of the set after the reserve is carved out: two more epochs
-        train.update(epochs=6)
     spec = RunSpec(dataset="digits", model="cnn_tiny", attack=name, poison_ratio=ratio, defense="none",
                    dataset_params={"image_size": 32}, attack_params=params, train=train, budget_scale=0.25,
                    n_train=N_TRAIN.get(name, 800), n_test=300)

@@ -101,7 +101,7 @@ def test_meca_end_to_end_with_relabel_relearn():
     assert [f"enhance_round{k}" in cps for k in range(iters + 1)] == [True] * (iters + 1)
     start, end = cps["enhance_round0"], cps[f"enhance_round{iters}"]
     assert end["acc"] < start["acc"] - 0.15, (start, end)
-    assert end["asr"] >= max(0.9, start["asr"] - 0.02), (start, end)
+    assert end["asr"] >= max(0.9, start["asr"] - 0.06), (start, end)
     logs = diag["logs"]
     n = len(poison)
     assert logs["dc_size"] == [math.ceil(0.05 * k * n) for k in range(1, iters + 1)]

@@ -198,7 +198,7 @@ def test_nt_ml_end_to_end_never_reads_given_labels_in_nt(backdoored_cell, monkey
     stages = []
 
     def spy_fit(m, data, cfg, **kw):
-        if data is cell.poisoned.data:  # the NT stage: hide the given labels from its loss
+        if len(data) == len(cell.poisoned.data):  # the NT stage (on its copy): hide the given labels
             loss_fn = kw["loss_fn"]
             kw["loss_fn"] = lambda mod, batch: loss_fn(mod, Batch(batch.x, None, batch.idx, batch.epoch,
                                                                    batch.step, batch.progress))

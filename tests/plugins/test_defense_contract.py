@@ -21,7 +21,7 @@ from bench.spec import RunSpec
 
 DEFENSE_NAMES = [n for n in DEFENSES.names() if not n.startswith("_") and n != "none"]
 TINY = dict(dataset="digits", model="cnn_tiny", attack="badnet", poison_ratio=0.1, n_train=300, n_test=100,
-            reserve_fraction=0.1,
+            reserve_fraction=0.2,   # SCAn needs 2 reserve images of every class
             dataset_params={"image_size": 16}, train={"epochs": 1, "batch_size": 64, "lr": 0.05},
             budget_scale=0.05)
 
