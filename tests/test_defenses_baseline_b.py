@@ -39,7 +39,7 @@ def test_scan_flags_the_target_class_and_unlearns(backdoored_cell):
     target = cell.attack.params.target
     assert target in out.info["infected_classes"], out.info
     assert det["precision"] > 0.5 and det["tpr"] > 0.5, det
-    assert det["auroc"] > 0.75, det   # 0.77 on this draw (0.68-0.9 across salts on this tiny cell)
+    assert det["auroc"] > 0.75, det   # 0.77 with the tests' salt; draw-dependent on this tiny cell
     flagged_labels = cell.poisoned.data.y[out.flags]
     assert (flagged_labels == target).float().mean() > 0.9   # flags come from infected classes only
     assert m["acc"] > 0.5, m
