@@ -43,7 +43,7 @@ class Runtime:
 
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True     # channels-last memory format on CUDA
+    channels_last: bool = True     # channels-last memory format (CUDA, and oneDNN convolutions on CPU)
     compile: bool = False          # torch.compile the model inside fit()
     progress: bool = False         # tqdm bars over epochs
     eval_batch_size: int = 512
@@ -79,12 +79,23 @@ def _autocast(dev: torch.device):
 
 
 def prepare_model(model: nn.Module, dev: torch.device | None = None) -> nn.Module:
-    """Move a model to the device (channels-last on CUDA)."""
+    """Move a model to the device, in channels-last memory format unless the runtime says no.
+
+    Channels-last pays on CUDA (tensor cores) and on the CPU too, where oneDNN's convolutions run
+    on NHWC tensors without reordering: ``python run_bench.py perf --layouts`` measured +14 % training
+    and +55 % inference images/s for ``cnn_small`` on the 2-core development machine."""
     dev = dev or device()
     model.to(dev)
-    if dev.type == "cuda" and _RUNTIME.channels_last:
+    if _RUNTIME.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def to_model_layout(x: torch.Tensor) -> torch.Tensor:
+    """An image batch in the memory format :func:`prepare_model` gave the models."""
+    if _RUNTIME.channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 # -- cost accounting ------------------------------------------------------------------------------
@@ -322,8 +333,7 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
                 x = augment(x, g, cfg.crop_padding, cfg.flip)
             if transform is not None:
                 x = transform(x, g)
-            if dev.type == "cuda" and _RUNTIME.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_model_layout(x)
             batch = Batch(x, None if y_all is None else y_all[idx_dev], idx, epoch, step, progress)
             with _autocast(dev):
                 loss = loss_fn(target_model, batch)
@@ -387,7 +397,7 @@ def map_batches(fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], 
     with ctx:
         for start in range(0, len(pool), bs):
             idx = pool[start:start + bs]
-            x = data.x[idx].to(dev, non_blocking=True).float().div_(255.0)
+            x = to_model_layout(data.x[idx].to(dev, non_blocking=True).float().div_(255.0))
             y = None if data.y is None else data.y[idx].to(dev, non_blocking=True)
             with _autocast(dev):
                 out = fn(x, y, idx)

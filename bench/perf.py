@@ -60,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, help="epochs per side, alternated; the median "
                    "is reported (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layouts", action="store_true", help="instead of engine vs naive: the model's "
+                   "training and scoring steps in NCHW against channels-last, scoring under no_grad "
+                   "against inference_mode, and (with --compile) torch.compile, as ratios")
+    p.add_argument("--compile", action="store_true", help="with --layouts: also time torch.compile "
+                   "(slow to warm up on a CPU)")
 
 
 def _rss_mb(who: int) -> float:
@@ -136,8 +141,7 @@ def naive_epoch(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, mea
     for xb, yb in loader:
         xb = xb.to(dev, non_blocking=True)
         yb = yb.to(dev, non_blocking=True)
-        if dev.type == "cuda" and engine.runtime().channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = engine.to_model_layout(xb)
         with engine._autocast(dev):
             loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
@@ -177,6 +181,8 @@ def main(args) -> int:
     if args.repeats < 1 or args.batch_size < 1 or args.workers < 0:
         print("perf: --repeats and --batch-size must be >= 1, --workers >= 0", file=sys.stderr)
         return 2
+    if args.layouts:
+        return layouts(model, train, args)
     print(f"perf: dataset={args.dataset} model={args.model} n_train={n} image={tuple(train.x.shape[1:])} "
           f"batch_size={args.batch_size} device={dev} torch_threads={torch.get_num_threads()} "
           f"workers={args.workers} repeats={args.repeats}", flush=True)
@@ -278,8 +284,7 @@ def model_only_seconds(model: torch.nn.Module, train, batch_size: int, dev: torc
     m.train()
     bs = min(batch_size, len(train))
     x = train.x[:bs].to(dev).float().div_(255.0)
-    if dev.type == "cuda" and engine.runtime().channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = engine.to_model_layout(x)
     y = train.y[:bs].to(dev)
     opt = engine.make_optimizer(m.parameters(), _train_config(bs))
     tail = len(train) % bs
@@ -304,3 +309,44 @@ def model_only_seconds(model: torch.nn.Module, train, batch_size: int, dev: torc
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return (time.perf_counter() - t0) / (steps * bs) * len(train)
+
+
+def scoring_seconds(model: torch.nn.Module, train, batch_size: int, dev: torch.device,
+                    grad_mode=torch.no_grad, steps: int = 6) -> float:
+    """Seconds per epoch of eval-mode forward passes on a ready batch under ``grad_mode``."""
+    m = engine.prepare_model(copy.deepcopy(model), dev).eval()
+    x = engine.to_model_layout(train.x[:min(batch_size, len(train))].to(dev).float().div_(255.0))
+    with grad_mode(), engine._autocast(dev):
+        m(x)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            m(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) / (steps * len(x)) * len(train)
+
+
+def layouts(model: torch.nn.Module, train, args) -> int:
+    """Training and scoring steps of one model under each memory layout (and compile), as images/s
+    and as ratios against the NCHW / no_grad baseline measured in the same process."""
+    dev, n = engine.device(), len(train)
+    print(f"perf --layouts: model={args.model} batch_size={args.batch_size} device={dev} "
+          f"torch_threads={torch.get_num_threads()}", flush=True)
+    rows = []
+    for label, changes in [("NCHW", dict(channels_last=False)), ("channels-last", dict(channels_last=True))] + (
+            [("channels-last + compile", dict(channels_last=True, compile=True))] if args.compile else []):
+        previous = engine.runtime()
+        engine.configure(**changes)
+        try:
+            m = torch.compile(copy.deepcopy(model)) if changes.get("compile") else model
+            train_s = model_only_seconds(m, train, args.batch_size, dev)
+            score_s = scoring_seconds(m, train, args.batch_size, dev)
+            infer_s = scoring_seconds(m, train, args.batch_size, dev, torch.inference_mode)
+        finally:
+            engine.configure(**vars(previous))
+        rows.append((label, n / train_s, n / score_s, n / infer_s))
+    base_train, base_score = rows[0][1], rows[0][2]
+    for label, tr, sc, inf in rows:
+        print(f"{label:24s} train {tr:8.1f} img/s ({tr / base_train:.2f}x)   score no_grad {sc:8.1f} img/s "
+              f"({sc / base_score:.2f}x)   inference_mode {inf:8.1f} img/s ({inf / base_score:.2f}x)")
+    return 0

@@ -12,6 +12,8 @@ EXAMPLE = ROOT / "examples" / "my_defense"
 
 @pytest.fixture(scope="module")
 def installed_example():
+    """The example installed (editable) for this module's tests, and uninstalled afterwards, so that
+    its defense does not join every ``defenses = ["*"]`` suite run later in this environment."""
     res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                           "-e", str(EXAMPLE)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -21,7 +23,9 @@ def installed_example():
     importlib.invalidate_caches()
     for d in site.getsitepackages():  # let this process see the new editable install too
         site.addsitedir(d)
-    return EXAMPLE
+    yield EXAMPLE
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", "my-defense"],
+                   capture_output=True, text=True)
 
 
 def test_example_is_listed_and_its_own_test_passes(installed_example, tmp_path):
