@@ -1,7 +1,8 @@
 """Command-line interface: ``python run_bench.py <command>``.
 
 Commands: ``list`` (registered plug-ins and suites), ``run`` (a suite through the scheduler),
-``report`` (tables, figures, leaderboard), ``compare`` (regression check of two results), ``perf``
+``report`` (tables, figures, leaderboard), ``compare`` (regression check of two results), ``publish`` (reference
+results to commit), ``perf``
 (engine throughput against a naive pipeline). With no command, the offline ``smoke`` suite runs.
 
 Each command's options and behaviour live in its own module (``bench.scheduler``, ``bench.report``,
@@ -20,6 +21,7 @@ COMMANDS = {
     "run": ("bench.scheduler", "run a suite (or a filtered part of it); resumes finished runs"),
     "report": ("bench.report", "rebuild tables, figures and the leaderboard from the results"),
     "compare": ("bench.compare", "compare candidate results with a baseline; exit 1 on regression"),
+    "publish": ("bench.reference", "copy a suite's records and salt into a folder to commit (reference results)"),
     "perf": ("bench.perf", "measure the engine's throughput against a naive DataLoader pipeline"),
 }
 

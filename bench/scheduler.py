@@ -183,8 +183,10 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
               dask_address: str | None = None, force: bool = False, retry_failed: bool = False,
               attacks=None, defenses=None, datasets=None, models=None, ratios=None, seeds=None,
               dry_run: bool = False, device: str = "auto", progress: bool | None = None,
-              imports=(), check_data: bool = True, out=None, isolation: str = "process") -> Outcome:
-    """Expand, filter, validate, plan and run a suite; returns an :class:`Outcome`."""
+              imports=(), check_data: bool = True, out=None, isolation: str = "process",
+              estimate: bool = True, device_check=None) -> Outcome:
+    """Expand, filter, validate, plan and run a suite; returns an :class:`Outcome`. A dry run also
+    prints the cost estimate (:mod:`bench.estimate`; ``device_check``: the device check's JSON)."""
     console = Console(out)
     session_start = time.time()
     imports = tuple(imports or ())
@@ -214,6 +216,12 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
     console.planned(s.name, counts, jobs, time.time() - t_val)
     if dry_run:
         console.dry_run(jobs, results)
+        if estimate:
+            from bench.estimate import dry_run_lines
+
+            for line in dry_run_lines(s.name, jobs, results=results, data_root=data_root, cache_dir=cache_dir,
+                                      salt=salt, workers=workers, device_check=device_check):
+                console.say(line)
         return outcome
 
     if workers is None:
@@ -257,6 +265,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("ratios", "poison ratios"), ("seeds", "seeds")):
         parser.add_argument(f"--{axis}", default=None, help=f"only these {what}, comma-separated")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
+    parser.add_argument("--device-check", default=None, metavar="JSON",
+                        help="with --dry-run: the device check's JSON for the GPU time estimate "
+                             "(default <results>/device-check.json; `device-check` writes it)")
+    parser.add_argument("--no-estimate", dest="estimate", action="store_false",
+                        help="with --dry-run: skip the cost estimate (and its few calibration steps)")
+    parser.add_argument("--resume-from", default=None, metavar="PUBLISHED",
+                        help="first give the results folder the salt and records of a published folder "
+                             "(e.g. reference/cifar10-cpu-paper), so only the missing runs are computed")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="show a progress bar over jobs (default: when stderr is a terminal)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -265,11 +281,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.resume_from:
+        from bench.reference import ReferenceError, seed_results
+
+        try:
+            added = seed_results(args.resume_from, args.results)
+        except ReferenceError as exc:
+            print(f"run: {exc}", file=sys.stderr)
+            return 2
+        print(f"resumed {args.results} from {args.resume_from}: {added} record(s) added")
     outcome = run_suite(
         args.suite, results=args.results, data_root=args.data_root, cache_dir=args.cache_dir,
         workers=args.workers, jobs_per_gpu=args.jobs_per_gpu, backend=args.backend,
         dask_address=args.dask_address, force=args.force, retry_failed=args.retry_failed,
         attacks=args.attacks, defenses=args.defenses, datasets=args.datasets, models=args.models,
         ratios=args.ratios, seeds=args.seeds, dry_run=args.dry_run, device=args.device,
-        progress=args.progress, imports=args.imports, isolation=args.isolation)
+        progress=args.progress, imports=args.imports, isolation=args.isolation,
+        estimate=args.estimate, device_check=args.device_check)
     return outcome.exit_code

@@ -1,0 +1,74 @@
+"""Published reference results: publish a suite's records and salt, resume another folder from them."""
+import json
+import os
+
+import pytest
+
+from bench import cli
+from bench.reference import ReferenceError, publish, seed_results
+from test_scheduler import TESTS_DIR, records, run, started, write_suite
+
+SUITE = """
+    attacks = ["_test_patch"]
+    ratios = [0.1]
+    defenses = ["none", "_t_repair"]
+"""
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A two-run suite run once into a results folder whose salt is its own file (as outside the
+    tests: the session's fixed ``BENCH_SALT`` removed), then published."""
+    root = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("BENCH_SALT", raising=False)
+        mp.syspath_prepend(str(TESTS_DIR))
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+        suite = write_suite(root / "s.toml", SUITE)
+        assert run(suite, root / "first").exit_code == 0
+        assert cli.main(["publish", "--results", str(root / "first"), "--to", str(root / "ref")]) == 0
+    return root, suite
+
+
+@pytest.fixture
+def no_env_salt(monkeypatch):
+    monkeypatch.delenv("BENCH_SALT", raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_published_records_resume_a_fresh_folder_without_recomputing(published, no_env_salt, capsys):
+    root, suite = published
+    first, ref, second = root / "first", root / "ref", root / "second"
+    assert sorted(p.name for p in ref.iterdir()) == ["protocol-salt", "records"]   # no cache, no diagnostics
+    assert {p.stem for p in (ref / "records").glob("*.json")} == set(records(first))
+    # a new machine: an empty results folder resumed from the published one computes nothing
+    assert cli.main(["run", "--suite", str(suite), "--results", str(second), "--resume-from", str(ref),
+                     "--import", "test_scheduler", "--no-progress", "--workers", "1"]) == 0
+    assert f"{len(records(first))} record(s) added" in capsys.readouterr().out
+    assert (second / "protocol-salt").read_text() == (first / "protocol-salt").read_text()
+    assert started(second) == []
+    assert records(second).keys() == records(first).keys()
+
+
+def test_resume_from_refuses_a_folder_of_other_draws_before_any_job(published, no_env_salt, capsys):
+    root, suite = published
+    other = root / "other"
+    other.mkdir()
+    (other / "protocol-salt").write_text("ab" * 32 + "\n")
+    rc = cli.main(["run", "--suite", str(suite), "--results", str(other), "--resume-from", str(root / "ref"),
+                   "--import", "test_scheduler", "--no-progress"])
+    assert rc == 2 and "already has a salt of its own" in capsys.readouterr().err
+    assert not (other / "records").exists()
+    with pytest.raises(ReferenceError, match="another salt"):
+        publish(root / "first", other)   # publishing into a folder of other draws
+
+
+def test_a_damaged_published_record_is_refused(tmp_path, no_env_salt):
+    ref = tmp_path / "ref"
+    (ref / "records").mkdir(parents=True)
+    (ref / "protocol-salt").write_text("cd" * 32 + "\n")
+    (ref / "records" / "abc.json").write_text(json.dumps({"run_id": "abc"}))
+    with pytest.raises(ReferenceError, match="not a run record"):
+        seed_results(ref, tmp_path / "results")
+    with pytest.raises(ReferenceError, match="no protocol-salt"):
+        seed_results(tmp_path / "nowhere", tmp_path / "results")
