@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
+from bench.cost import CostPhase
+
 NO_DEFENSE = "none"
 """The name under which the no-defense row of every cell is recorded (the backdoored model as it
 is); reports compare every defense with it."""
@@ -100,7 +102,8 @@ class PluginCard:
         """What the plug-in is and needs, in a few ``key: value`` pairs for listings
         (``run_bench.py list``): its kind (stage or label mode) and the fields it sets away from
         their defaults; the descriptive fields (label, paper, code, tables) stay on the card."""
-        skip = {"name", "label", "paper", "code", "tables", "order", "variant_params", "variant_name"}
+        skip = {"name", "label", "paper", "code", "tables", "order", "variant_params", "variant_name",
+                "cost_phases"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -169,7 +172,10 @@ class DefenseCard(PluginCard):
     * ``variant_name``: a short name of that variant for Table IV's "without / with" columns
       (default: the parameters as ``key=value``);
     * ``cost``: a note on its cost in standard trainings; ``provisional``: the method's
-      reproduction is not settled yet.
+      reproduction is not settled yet;
+    * ``cost_phases``: what it trains, phase by phase (:class:`bench.cost.CostPhase`), from which
+      :mod:`bench.estimate` prices a suite before it runs; ``None``: not declared (counted as
+      unknown), ``()``: it trains nothing.
     """
 
     stage: str = "repair"
@@ -181,6 +187,7 @@ class DefenseCard(PluginCard):
     variant_name: str = ""
     cost: str = ""
     provisional: bool = False
+    cost_phases: tuple[CostPhase, ...] | None = None
 
     CLASS_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("stage", "needs_train", "needs_reserve",
                                                    "reserve_labels", "detects")
@@ -198,6 +205,11 @@ class DefenseCard(PluginCard):
             raise CardError(f"{self._who()}: variant_params must map parameter names to values, "
                             f"got {self.variant_params!r}")
         object.__setattr__(self, "variant_params", MappingProxyType(dict(self.variant_params)))
+        if self.cost_phases is not None:
+            if not isinstance(self.cost_phases, (tuple, list)) or \
+                    not all(isinstance(c, CostPhase) for c in self.cost_phases):
+                raise CardError(f"{self._who()}: cost_phases must be a tuple of CostPhase, got {self.cost_phases!r}")
+            object.__setattr__(self, "cost_phases", tuple(self.cost_phases))
         if "table4" in self.tables and not self.variant_params:
             raise CardError(f"{self._who()}: Table IV compares a defense with its variant; "
                             f"give variant_params")
@@ -219,10 +231,18 @@ class DefenseCard(PluginCard):
         return self.variant_name or ", ".join(f"{k}={v}" for k, v in self.variant_params.items())
 
     def check_params(self, params_cls: type | None) -> None:
-        """Refuse variant parameters that the plug-in's params dataclass does not have."""
-        if not self.variant_params:
+        """Refuse variant parameters, and Params fields named by the cost phases, that the
+        plug-in's params dataclass does not have."""
+        named = {f for c in self.cost_phases or () for f in c.fields()}
+        if not named and not self.variant_params:
             return
         names = {f.name for f in dataclasses.fields(params_cls)} if params_cls is not None else set()
+        costed = sorted(named - names)
+        if costed:
+            raise CardError(f"{self._who()}: cost_phases name parameter(s) {costed} that its Params do not "
+                            f"have ({', '.join(sorted(names)) or 'none'})")
+        if not self.variant_params:
+            return
         unknown = sorted(set(self.variant_params) - names)
         if unknown:
             raise CardError(f"{self._who()}: variant_params name parameter(s) {unknown} that its "

@@ -274,7 +274,7 @@ class NoDefense(Defense):
     """No defense: the backdoored model as it is (the "No Defense" column)."""
 
     card = DefenseCard(name=NO_DEFENSE, label="No Defense", stage="repair",
-                       tables=("table2", "table3", "table6", "table7"), order=0)
+                       tables=("table2", "table3", "table6", "table7"), order=0, cost_phases=())
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         return DefenseOutput(ctx.model)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import detection, recipes
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
 from bench.registry import DEFENSES, require_positive
@@ -119,7 +119,13 @@ class ABL(Defense):
 
     card = DefenseCard(name="abl", label="ABL", paper="Li et al., NeurIPS 2021", code="bboylyg/ABL",
                        stage="train", needs_train=True, detects=True, cost="about 0.8 trainings",
-                       tables=("table2", "table3"), order=7)
+                       tables=("table2", "table3"), order=7,
+                       cost_phases=(
+                           CostPhase("isolation", epochs="isolation_epochs", batch_size="batch_size"),
+                           CostPhase("clean training", fraction="1-isolation_ratio", epochs="clean_epochs",
+                                     batch_size="batch_size"),
+                           CostPhase("unlearning", fraction="isolation_ratio", epochs="unlearn_epochs",
+                                     batch_size="batch_size")))
 
     Params = ABLParams
 

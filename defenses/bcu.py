@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 
 from bench import engine
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, distillation_loss
 from bench.engine import Batch, TrainConfig
@@ -183,7 +183,9 @@ class BCU(Defense):
 
     card = DefenseCard(name="bcu", label="BCU", paper="Pang et al., CVPR 2023 (arXiv 2211.12044)",
                        code="luluppang/BCU", stage="repair", needs_reserve=True, reserve_labels=False,
-                       order=11)
+                       order=11,   # distillation: the frozen teacher's forward pass weighs about 1/3
+                       cost_phases=(CostPhase("distillation", data="reserve", epochs="epochs",
+                                              batch_size="batch_size", weight=4 / 3),))
 
     Params = BCUParams
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import (CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput,
                            cell_model_or_none)
 from bench.pruning import channel_lipschitz, conv_bn_pairs, mask_from_pruned, set_channel_mask
@@ -92,7 +92,9 @@ class CLP(Defense):
     card = DefenseCard(name="clp", label="CLP", paper="Zheng et al., ECCV 2022",
                        code="rkteddy/channel-Lipschitzness-based-pruning", stage="repair",
                        needs_reserve=False, cost="~0 trainings (data-free)", tables=("table2", "table3"),
-                       order=4)   # needs_reserve: the class default; __init__ sets it from repair_epochs
+                       order=4,   # needs_reserve: the class default; __init__ sets it from repair_epochs
+                       cost_phases=(CostPhase("repair", data="reserve", epochs="repair_epochs",
+                                              batch_size=FINETUNE.batch_size),))
 
     Params = CLPParams
     presets = {"meca": {"repair_epochs": 10}}

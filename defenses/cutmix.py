@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.recipes import FINETUNE, finetune
 from bench.registry import DEFENSES
@@ -109,7 +109,9 @@ class CutMix(Defense):
 
     card = DefenseCard(name="cutmix", label="CutMix", paper="Borgnia et al., ICASSP 2021",
                        code="THUYimingLi/BackdoorBox", stage="repair", needs_reserve=True,
-                       cost="~0.005 trainings", tables=("table2", "table3"), order=3)
+                       cost="~0.005 trainings", tables=("table2", "table3"), order=3,
+                       cost_phases=(CostPhase("cutmix fine-tune", data="reserve", epochs="epochs",
+                                              batch_size=FINETUNE.batch_size),))
 
     Params = CutMixParams
 

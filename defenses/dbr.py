@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import detection, recipes
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.engine import Batch, TrainConfig, fit
 from bench.registry import DEFENSES, require_positive
@@ -112,7 +112,17 @@ class DBR(Defense):
 
     card = DefenseCard(name="dbr", label="DBR", paper="Chen, Wu & Wang, NeurIPS 2022",
                        code="SCLBD/Effective_backdoor_defense", stage="repair", needs_train=True,
-                       detects=True, cost="about 0.2 trainings", tables=("table2", "table3"), order=5)
+                       detects=True, cost="about 0.2 trainings", tables=("table2", "table3"), order=5,
+                       cost_phases=(
+                           CostPhase("auxiliary model", epochs="aux_epochs", batch_size="batch_size",
+                                     when={"fct_model": "sd"}),
+                           CostPhase("class separation", epochs="sd_epochs", batch_size="batch_size",
+                                     when={"fct_model": "sd"}),
+                           # BR: rounds = the scaled br_epochs, each one epoch over D_p and one over D_c
+                           CostPhase("unlearn", fraction="poison_ratio", epochs=1, scaled=False,
+                                     batch_size="batch_size", repeat="br_epochs", repeat_scaled=True),
+                           CostPhase("relearn", fraction="clean_ratio", epochs=1, scaled=False,
+                                     batch_size="batch_size", repeat="br_epochs", repeat_scaled=True)))
 
     Params = DBRParams
 

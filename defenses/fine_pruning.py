@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import engine, metrics
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.data import Split
 from bench.defense import CellInfo, Defense, DefenseContext, DefenseOutput, cell_model_or_none
 from bench.pruning import (last_stage_name, layer_outputs, mask_from_pruned, mean_channel_activation,
@@ -83,7 +83,9 @@ class FinePruning(Defense):
 
     card = DefenseCard(name="fine_pruning", label="FinePruning", paper="Liu, Dolan-Gavitt & Garg, RAID 2018",
                        code="kangliucn/Fine-pruning-defense", stage="repair", needs_reserve=True,
-                       cost="~0.01 trainings", tables=("table2", "table3"), order=2)
+                       cost="~0.01 trainings", tables=("table2", "table3"), order=2,
+                       cost_phases=(CostPhase("fine-tune", data="reserve", epochs="finetune_epochs",
+                                              batch_size=FINETUNE.batch_size, when={"finetune": True}),))
 
     Params = FinePruningParams
     presets = {"meca": {"layer": "layer2", "prune_ratio": 0.2, "finetune": False}}

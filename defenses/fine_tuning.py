@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.recipes import FINETUNE, finetune
 from bench.registry import DEFENSES
@@ -58,7 +58,9 @@ class FineTuning(Defense):
 
     card = DefenseCard(name="fine_tuning", label="FineTuning", paper="Liu, Dolan-Gavitt & Garg, RAID 2018",
                        code="THUYimingLi/BackdoorBox", stage="repair", needs_reserve=True,
-                       cost="~0.005 trainings", tables=("table2", "table3"), order=1)
+                       cost="~0.005 trainings", tables=("table2", "table3"), order=1,
+                       cost_phases=(CostPhase("fine-tune", data="reserve", epochs="epochs",
+                                              batch_size="batch_size"),))
 
     Params = FineTuningParams
 

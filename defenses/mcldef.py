@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import engine
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation
 from bench.engine import Batch, TrainConfig
@@ -140,7 +140,15 @@ class MCLDef(Defense):
     """MCLDef: Neural-Cleanse trigger inversion, then model-contrastive purification (5% reserve, no labels)."""
 
     card = DefenseCard(name="mcldef", label="MCLDef", paper="Yue et al., arXiv 2205.04411", code="WeCanShow/MCL",
-                       stage="repair", needs_reserve=True, reserve_labels=False, order=10)
+                       stage="repair", needs_reserve=True, reserve_labels=False, order=10,
+                       cost_phases=(
+                           # an upper bound: each class's inversion may stop early (inv_patience), and
+                           # above full_scan_max_classes classes the scans run scan_epochs only
+                           CostPhase("trigger inversion", data="reserve", epochs="inv_epochs",
+                                     batch_size="inv_batch_size", repeat="classes"),
+                           # purification: two forward passes of the frozen model per step
+                           CostPhase("purification", data="reserve", epochs="epochs", batch_size="batch_size",
+                                     weight=5 / 3)))
 
     Params = MCLDefParams
 

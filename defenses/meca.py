@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import engine
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.consistency import kl_consistency
 from bench.data import Split
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
@@ -168,7 +168,17 @@ class MeCa(Defense):
     card = DefenseCard(name="meca", label="MeCa", paper="Pu et al., arXiv 2405.12719", stage="train",
                        detects=True, variant_params={"relabel_relearn": True}, variant_name="RR",
                        tables=("table2", "table3", "table4", "table5", "table6", "table7", "fig4", "fig6",
-                               "fig7"), order=8)
+                               "fig7"), order=8,
+                       cost_phases=(
+                           CostPhase("warm-up", epochs="warmup_epochs"),
+                           CostPhase("KL scoring", kind="grad", epochs=1, repeat="iterations"),
+                           # D_u = 1 - rho_k of the set (0.85 on average over the default rounds),
+                           # every D_u batch paired with a D_c batch
+                           CostPhase("enhancement", fraction=0.85, epochs="enhance_epochs", repeat="iterations",
+                                     passes=2),
+                           # an upper bound: the clean model trains on the detected-clean samples only
+                           CostPhase("clean model", epochs="standard"),
+                           CostPhase("relearn", epochs="relearn_epochs", when={"relabel_relearn": True})))
 
     Params = MeCaParams
     presets = {"relearn": {"relabel_relearn": True}}

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 
 from bench import engine
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.data import balanced_subset
 from bench.defense import Defense, DefenseContext, DefenseOutput
 from bench.distill import cell_augmentation, complementary_loss, mutual_learning_loss, non_target_kl
@@ -121,7 +121,15 @@ class NTML(Defense):
     """NT-ML (provisional): non-target label training of the poisoned model, then teacher-student mutual learning."""
 
     card = DefenseCard(name="nt_ml", label="NT-ML", paper="Huo & Wolter, arXiv 2508.05404", stage="repair",
-                       needs_train=True, needs_reserve=True, provisional=True, order=9)
+                       needs_train=True, needs_reserve=True, provisional=True, order=9,
+                       cost_phases=(
+                           CostPhase("NT", epochs="nt_epochs", batch_size="batch_size",
+                                     when={"nt_mode": "complementary"}),
+                           CostPhase("NT", epochs="standard", when={"nt_mode": "nckd"}),
+                           CostPhase("teacher", data="reserve", limit="n_clean", epochs="teacher_epochs",
+                                     batch_size="batch_size"),
+                           CostPhase("mutual learning", data="reserve", limit="n_clean", epochs="ml_epochs",
+                                     batch_size="batch_size", weight=2)))
 
     Params = NTMLParams
 

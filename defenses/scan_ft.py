@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import detection, recipes
-from bench.card import DefenseCard
+from bench.card import CostPhase, DefenseCard
 from bench.defense import CellInfo, Defense, DefenseConfigError, DefenseContext, DefenseOutput
 from bench.registry import DEFENSES
 
@@ -97,7 +97,12 @@ class SCAnFT(Defense):
     card = DefenseCard(name="scan_ft", label="SCAnFT", paper="Tang et al., USENIX Security 2021",
                        code="TDteach/Demon-in-the-Variant", stage="repair", needs_train=True,
                        needs_reserve=True, detects=True, cost="~0.01 trainings", tables=("table2", "table3"),
-                       order=6)
+                       order=6,
+                       cost_phases=(
+                           # the flagged samples: about half of one infected class (1/20 of CIFAR-10)
+                           CostPhase("unlearning", fraction=0.05, epochs="unlearn_epochs", batch_size="batch_size"),
+                           CostPhase("relearn", data="reserve", epochs="relearn_epochs",
+                                     batch_size=recipes.FINETUNE.batch_size)))
 
     Params = SCAnFTParams
 

@@ -1,0 +1,216 @@
+"""The dry run's cost estimate (bench.estimate, bench.cost): the counts of a small suite against
+numbers derived by hand, the engine's own step and pass counts, and the printed table. Timings
+are printed by the estimate but never asserted here."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench import engine
+from bench.budget import Budget
+from bench.card import CardError, CostPhase, DefenseCard
+from bench.cli import main
+from bench.cost import CellSizes, CostError, fit_passes, phase_costs
+from bench.data import Split
+from bench.defense import Defense, DefenseOutput
+from bench.engine import TrainConfig
+from bench.estimate import Calibration, estimate
+from bench.plan import plan
+from bench.protocol import folder_salt
+from bench.registry import DEFENSES
+from bench.store import Store
+from bench.suite import expand, load_suite
+
+SUITE = """
+description = "estimate test: digits 400 images, two attacks, clean and 10 %"
+datasets = [{name = "digits", params = {image_size = 32}}]
+models = ["cnn_tiny"]
+attacks = ["badnet", "blend"]
+ratios = [0.0, 0.1]
+seeds = [0]
+defenses = ["none", "fine_tuning", "clp", "dbr", "abl"]
+target = 1
+reserve_fraction = 0.05
+
+[budget]
+epochs = 2
+scale = 0.5
+min_steps = 8
+n_train = 400
+n_test = 100
+
+[train]
+batch_size = 32
+"""
+
+# By hand. 400 training images, a reserve of floor(0.05 * 400) = 20, so the victim trains on 380.
+# Standard training: batch 32, ceil(380 / 32) = 12 steps per epoch, 2 epochs = 24 steps = 760 images.
+STANDARD = 760
+# fine_tuning: the 20 reserve images, batch min(128, 20) = 20 (1 step per epoch), 10 paper epochs x 0.5
+# = 5 steps, lifted to the floor of 8 steps = 8 epochs = 160 images.
+FINE_TUNING = 8 * 20
+# clp: repair_epochs = 0 (data-free): nothing.
+# dbr (batch 128, 3 steps per epoch over 380 images):
+#   auxiliary model: 2 x 0.5 = 1 epoch = 3 steps -> floor 8 steps = 2 epochs + 2 batches = 760 + 256
+#   class separation: 10 x 0.5 = 5 epochs = 15 steps = 1,900 images
+#   BR: round(20 x 0.5) = 10 rounds, each one epoch (1 step) over int(0.05 x 380) = 19 flagged images and
+#   one over int(0.2 x 380) = 76 clean ones, both lifted to 8 steps: 10 x (8 x 19 + 8 x 76)
+DBR = (760 + 256) + 1900 + 10 * (8 * 19 + 8 * 76)
+# abl (batch 128): isolation 20 x 0.5 = 10 epochs = 3,800; clean training 60 x 0.5 = 30 epochs over
+# 380 - int(0.01 x 380) = 377 images = 11,310; unlearning 5 x 0.5 = 2.5 epochs over the 3 isolated
+# images, round(2.5) = 2 steps, lifted to 8 steps = 24.
+ABL = 3800 + 30 * 377 + 8 * 3
+# Cells: badnet@0, blend@0 (clean: one shared model, and one shared output per defense), badnet@0.1,
+# blend@0.1: 3 models trained, 3 runs of each defense computed, 4 jobs of each.
+EXPECTED = {"backdoor": 3 * STANDARD, "artifact": 0, "train": 3 * ABL, "repair": 3 * (FINE_TUNING + DBR)}
+
+
+def _fake_calibration(model, num_classes, image_shape, batch_size, *, threads=None):
+    return Calibration(model, tuple(image_shape), batch_size, steps=10, seconds=10 * batch_size / 500.0,
+                       threads=threads or 1, device="cpu")  # 500 images/s
+
+
+def _jobs(tmp_path):
+    path = tmp_path / "est.toml"
+    path.write_text(SUITE)
+    suite = load_suite(path)
+    results = tmp_path / "results"
+    store = Store(results).ensure()
+    salt = folder_salt(results)
+    jobs, _ = plan(expand(suite), store, results / "cache", salt)
+    return jobs, results, salt
+
+
+def test_suite_counts_match_the_hand_derivation(tmp_path):
+    jobs, results, salt = _jobs(tmp_path)
+    est = estimate("est", jobs, data_root=None, cache_dir=results / "cache", salt=salt, workers=2,
+                   calibrate_fn=_fake_calibration)
+    rows = {r["kind"]: r for r in est.rows()}
+    assert {k: rows[k]["jobs"] for k in EXPECTED} == {"backdoor": 4, "artifact": 0, "train": 4, "repair": 12}
+    assert {k: rows[k]["images"] for k in EXPECTED} == EXPECTED
+    assert rows["total"]["images"] == sum(EXPECTED.values())
+    assert rows["backdoor"]["trainings"] == pytest.approx(3.0)
+    assert rows["train"]["trainings"] == pytest.approx(3 * ABL / STANDARD)
+    # work shared between jobs is counted once, and said so
+    notes = sorted(j.note for j in est.jobs if j.note)
+    assert notes.count("model trained by another job") == 1
+    assert notes.count("clean-cell output computed by another job") == 4  # one per defense but none
+    # time: images / (500 images/s) per worker, summed; wall time over 2 workers
+    assert rows["total"]["cpu_s"] == pytest.approx(sum(j.work for j in est.jobs) / 500.0)
+    assert sum(j.work for j in est.jobs) == rows["total"]["images"]  # these phases weigh 1
+    assert rows["total"]["gpu_s"] is None  # no device check
+
+
+def test_gpu_time_from_a_device_check_json(tmp_path):
+    jobs, results, salt = _jobs(tmp_path)
+    check = tmp_path / "device-check.json"
+    check.write_text(json.dumps({"gpu": "Fake GPU", "torch": "0", "created": "today",
+                                 "throughput": {"cnn_tiny": {"engine_img_s": 1000.0, "image_size": 16}},
+                                 "jobs_per_gpu": {"jobs_per_gpu": 3, "speedup": 2.0, "model": "cnn_tiny"}}))
+    est = estimate("est", jobs, data_root=None, cache_dir=results / "cache", salt=salt, workers=2,
+                   device_check=check, calibrate_fn=_fake_calibration)
+    total = {r["kind"]: r for r in est.rows()}["total"]
+    # measured at 16 px, the suite's images are 32 px: 4 x the pixels, a quarter of the rate
+    work = sum(j.work for j in est.jobs)
+    assert total["gpu_s"] == pytest.approx(work / 250.0)
+    text = "\n".join(est.lines())
+    assert "Fake GPU" in text and "scaled from 16x16 by pixel count" in text
+    assert "with --jobs-per-gpu 3" in text
+
+
+def test_dry_run_prints_the_estimate(tmp_path, capsys):
+    path = tmp_path / "est.toml"
+    path.write_text(SUITE)
+    rc = main(["run", "--suite", str(path), "--results", str(tmp_path / "results"), "--dry-run", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "cost estimate for suite 'est' (an estimate" in out
+    total = next(ln for ln in out.splitlines() if ln.startswith("| total"))
+    assert f"{sum(EXPECTED.values()):,d}" in total
+    assert "CPU estimate calibrated here" in out and "images/s per worker" in out
+    assert "GPU: unknown (no device check" in out
+    # the job list keeps its form: the estimate's lines never start with two spaces and a job kind
+    kinds = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and not ln.startswith("  -")}
+    assert kinds <= {"backdoor", "artifact", "train", "repair"}
+    rc = main(["run", "--suite", str(path), "--results", str(tmp_path / "results"), "--dry-run", "--no-estimate"])
+    assert "cost estimate" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n,batch,epochs,floor", [(100, 32, 1.0, 0), (100, 32, 2.5, 0), (100, 32, 0.3, 0),
+                                                  (100, 32, 1.0, 9), (20, 128, 2.0, 5), (96, 32, 1.5, 0)])
+def test_fit_passes_is_the_engines_arithmetic(n, batch, epochs, floor):
+    """What bench.cost counts is what engine.fit does under the cost meter and the step floor."""
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randint(0, 256, (n, 3, 4, 4), generator=g, dtype=torch.uint8), torch.arange(n) % 3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=0.01, augment=False)
+    previous = engine.runtime()
+    engine.configure(device="cpu")
+    try:
+        with engine.measure_cost(n) as meter, engine.step_floor(floor):
+            result = engine.fit(model, data, cfg, generator=g)
+    finally:
+        engine.configure(**vars(previous))
+    assert fit_passes(n, batch, epochs, floor) == (result.steps, meter.samples)
+
+
+def test_phase_declarations():
+    @__import__("dataclasses").dataclass
+    class P:
+        share: float = 0.25
+        epochs: float = 8
+        rounds: int = 3
+        on: bool = True
+        cap: int = 7
+
+    sizes = CellSizes(n_train=100, reserve=10, num_classes=4, epochs=3, batch_size=50,
+                      budget=Budget(scale=0.5, min_steps=0))
+    phases = (CostPhase("a", fraction="share", epochs="epochs", batch_size=25),           # 25 img x 4 epochs
+              CostPhase("b", fraction="1-share", epochs="standard"),                       # 75 img x 3 epochs
+              CostPhase("c", data="reserve", limit="cap", epochs=2, scaled=False, repeat="rounds"),  # 7 x 2 x 3
+              CostPhase("d", kind="grad", epochs=1, repeat="classes", passes=2),           # 100 x 2 x 4
+              CostPhase("e", when={"on": False}, epochs=1))                                # skipped
+    costs = {c.what: c.images for c in phase_costs(phases, P(), sizes)}
+    assert costs == {"a": 100, "b": 225, "c": 42, "d": 800}
+    with pytest.raises(CostError):
+        CostPhase("x", data="test")
+    with pytest.raises(CardError, match="cost_phases name parameter"):
+        class Bad(Defense):
+            Params = P
+            card = DefenseCard(name="_bad_cost", cost_phases=(CostPhase("x", epochs="nope"),))
+
+
+class _NoHint(Defense):
+    """A defense that declares no cost phases."""
+
+    stage = "repair"
+
+    def run(self, ctx):
+        return DefenseOutput(ctx.model)
+
+
+def test_a_defense_without_cost_phases_is_named(tmp_path):
+    if "_t_nohint" not in DEFENSES:
+        DEFENSES.register("_t_nohint")(_NoHint)
+    path = tmp_path / "s.toml"
+    path.write_text(SUITE.replace('defenses = ["none", "fine_tuning", "clp", "dbr", "abl"]',
+                                  'defenses = ["none", "_t_nohint"]'))
+    store = Store(tmp_path / "r").ensure()
+    jobs, _ = plan(expand(load_suite(path)), store, tmp_path / "r" / "cache", folder_salt(tmp_path / "r"))
+    est = estimate("s", jobs, data_root=None, cache_dir=tmp_path / "r" / "cache", workers=1,
+                   calibrate_fn=_fake_calibration)
+    text = "\n".join(est.lines())
+    assert "_t_nohint: 4 job(s), no cost phases declared on its card: counted as 0" in text
+
+
+def test_every_shipped_defense_declares_its_cost():
+    import defenses  # noqa: F401
+
+    missing = [n for n in DEFENSES.list("*") if not n.startswith("_")
+               and getattr(DEFENSES.get(n).card, "cost_phases", None) is None]
+    assert not missing, f"defenses without cost_phases on their card: {missing}"
