@@ -22,7 +22,10 @@ COMMANDS = {
     "report": ("bench.report", "rebuild tables, figures and the leaderboard from the results"),
     "compare": ("bench.compare", "compare candidate results with a baseline; exit 1 on regression"),
     "publish": ("bench.reference", "copy a suite's records and salt into a folder to commit (reference results)"),
+    "tradeoff": ("bench.tradeoff", "measure training images x epochs x model -> clean ACC, BadNet ASR, minutes"),
     "perf": ("bench.perf", "measure the engine's throughput against a naive DataLoader pipeline"),
+    "device-check": ("bench.device_check", "on a GPU: engine vs naive throughput, bf16 parity, jobs per GPU, "
+                                           "a Table II cell; writes the JSON the dry run's estimate reads"),
 }
 
 

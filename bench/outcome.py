@@ -67,7 +67,7 @@ def environment() -> dict:
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "timm": timm.__version__,
                          "numpy": numpy.__version__},
-            "code_version": code, "host": platform.node()}
+            "code_version": code, "host": platform.node(), "threads": torch.get_num_threads()}
 
 
 def _identity(spec: RunSpec) -> dict:
@@ -75,6 +75,7 @@ def _identity(spec: RunSpec) -> dict:
             "dataset": spec.dataset, "model": spec.model, "attack": spec.attack,
             "poison_ratio": spec.poison_ratio, "defense": spec.defense, "seed": spec.seed,
             "budget_scale": spec.budget.scale, "budget_min_steps": spec.budget.min_steps,
+            "miniature": spec.miniature,
             "plugin_code": {"attack": plugin_code("attack", spec.attack),
                             "defense": plugin_code("defense", spec.defense)}}
 

@@ -300,3 +300,16 @@ def paper_tables(df: pd.DataFrame) -> dict[str, Table]:
         "variants": variants_table(df),
     })
     return {k: t for k, t in tables.items() if t.cells}
+
+
+def markdown_table(frame: pd.DataFrame, missing: str = "—") -> str:
+    """A DataFrame as a GitHub markdown table (floats to one decimal, NaN/None as ``missing``)."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return missing
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    head = [str(c) for c in frame.columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(out) + "\n"
