@@ -2,7 +2,9 @@
 
 Writes ``<results>/report/``: ``table*.{md,tex,csv}`` (the MeCa paper's Tables II-VII and
 extended II/III), figures as PNG and PDF, ``leaderboard.md`` / ``leaderboard.csv``,
-``cost.csv`` and ``index.html`` (a self-contained page with everything). Nothing is typed in:
+``ranking_comparison.md`` (the ranking by mean RA beside the old one by mean DER),
+``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value), ``cost.csv``
+and ``index.html`` (a self-contained page with everything). Nothing is typed in:
 delete the folder and run the command again to get the same files.
 """
 from __future__ import annotations
@@ -14,13 +16,17 @@ from bench.card import NO_DEFENSE
 from bench.files import UnsafeFileError
 from bench.reports import figures as figs
 from bench.reports import html as html_page
-from bench.reports.leaderboard import cost_table, leaderboard, leaderboard_markdown
+from bench.reports.leaderboard import (add_threshold_arguments, caption, cost_table, leaderboard,
+                                       leaderboard_markdown, ranking_comparison, ranking_comparison_markdown,
+                                       threshold_options)
+from bench.reports.paper import comparison_markdown, paper_comparison
 from bench.reports.tables import paper_tables
 from bench.reports.tidy import load_runs
 
 
-def build_report(results: Path, out: Path | None = None, asr_threshold: float = 0.20) -> dict:
-    """Build everything; returns a dict of what was written."""
+def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
+    """Build everything; returns a dict of what was written. ``thresholds`` go to the leaderboard
+    (``asr_threshold``, ``max_acc_drop``, ``acc_margin``)."""
     results = Path(results)
     out = Path(out) if out else results / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -29,17 +35,26 @@ def build_report(results: Path, out: Path | None = None, asr_threshold: float = 
     tables = paper_tables(df)
     for stem, table in tables.items():
         written["tables"][stem] = table.write(out, stem)
-    board = leaderboard(df, asr_threshold)
-    board_md = leaderboard_markdown(board, asr_threshold)
+    board = leaderboard(df, **thresholds)
+    board_md = leaderboard_markdown(board)
     n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
     n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
     n_att = df["attack"].nunique() if n_runs else 0
+    limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
     summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
-               f"{n_seeds} seed(s); defenses ranked by mean DER. "
-               f"Success = post-defense ASR below {asr_threshold * 100:g}%.")
+               f"{n_seeds} seed(s). {caption(**limits)}")
     (out / "leaderboard.md").write_text(f"# Leaderboard\n\n{summary}\n\n{board_md}")
     board.to_csv(out / "leaderboard.csv", index=False)
     written["leaderboard"] = out / "leaderboard.md"
+    rankings = ranking_comparison(df, **thresholds)
+    (out / "ranking_comparison.md").write_text(
+        "# The ranking by mean RA beside the old ranking by mean DER\n\n" + ranking_comparison_markdown(rankings))
+    written["ranking_comparison"] = out / "ranking_comparison.md"
+    versus_paper = paper_comparison(df)
+    (out / "paper_comparison.md").write_text("# Measured vs the MeCa paper, per CIFAR-10 cell\n\n"
+                                             + comparison_markdown(versus_paper))
+    versus_paper.to_csv(out / "paper_comparison.csv", index=False)
+    written["paper_comparison"] = out / "paper_comparison.md"
     cost = cost_table(df)
     cost.to_csv(out / "cost.csv")
     written["figures"] = figs.all_figures(df, results, out) if n_runs else {}
@@ -50,19 +65,19 @@ def build_report(results: Path, out: Path | None = None, asr_threshold: float = 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results folder (with runs.parquet or records/)")
     p.add_argument("--out", default=None, help="output folder (default: <results>/report)")
-    p.add_argument("--asr-threshold", type=float, default=0.20,
-                   help="post-defense ASR under which a cell counts as a success (fraction)")
+    add_threshold_arguments(p)
 
 
 def main(args) -> int:
     results = Path(args.results)
     try:
-        written = build_report(results, args.out, args.asr_threshold)
+        written = build_report(results, args.out, **threshold_options(args))
     except (FileNotFoundError, UnsafeFileError) as exc:
         print(f"report: {exc}")
         return 2
     print(f"tables:  {', '.join(sorted(written['tables'])) or '(none: no matching runs)'}")
     print(f"figures: {', '.join(sorted(written['figures'])) or '(none)'}")
-    print(f"leaderboard: {written['leaderboard']}")
+    print(f"leaderboard: {written['leaderboard']} (old ranking beside it: {written['ranking_comparison']})")
+    print(f"paper comparison: {written['paper_comparison']}")
     print(f"page: {written['html']}")
     return 0

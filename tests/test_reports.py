@@ -265,3 +265,21 @@ def test_report_refuses_a_crafted_diagnostics_file_and_runs_nothing(tmp_path, ti
     code = report_main(Namespace(results=str(tmp_path / "res"), out=None, asr_threshold=0.2))
     assert code == 2 and not marker.exists()
     assert "refused to load diagnostics file" in capsys.readouterr().out
+
+
+def test_paper_comparison_puts_each_cifar10_cell_beside_the_papers_value(tidy):
+    from bench.reports.paper import paper_comparison, paper_values
+
+    paper = paper_values()
+    assert len(paper) == 8 * 9                                   # Tables II + III CIFAR-10 rows x 9 columns
+    badnet_ft = paper[(paper.attack == "BadNet") & (paper.defense == "FineTuning")].iloc[0]
+    assert (badnet_ft["paper ACC"], badnet_ft["paper ASR"]) == (83.30, 96.81)
+    cmp = paper_comparison(normalise(tidy))
+    row = cmp[(cmp.attack == "BadNet") & (cmp.defense == "FineTuning")].iloc[0]
+    assert row["ACC %"] == pytest.approx(87.0) and row["seeds"] == 2
+    assert row["ACC gap"] == pytest.approx(87.0 - 83.30) and row["ASR gap"] == pytest.approx(45.0 - 96.81)
+    assert row["gap > 10"] == "ASR"
+    nodef = cmp[(cmp.attack == "Blend") & (cmp.defense == "No Defense")].iloc[0]
+    assert nodef["ACC gap"] == pytest.approx(80.0 - 84.50) and nodef["gap > 10"] == ""
+    assert not ((cmp.attack == "BadNet") & (cmp.defense == "CLP")).any()   # failed run: not measured
+    assert paper_comparison(normalise(tidy.assign(dataset="digits"))).empty
