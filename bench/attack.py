@@ -158,7 +158,9 @@ class Attack:
         if labels is not None and ratio > 0:
             n_want = math.floor(ratio * len(labels))
             cand = self.poison_candidates(labels)
-            if self.label_mode == "clean" and n_want > len(cand):
+            # a clean-label attack may opt in to poisoning the whole class instead (a ``cap_to_class``
+            # parameter; :meth:`select` caps, the record's n_poison says how many were poisoned)
+            if self.label_mode == "clean" and n_want > len(cand) and not getattr(p, "cap_to_class", False):
                 raise AttackConfigError(
                     f"{self.name}: a clean-label poison ratio of {ratio} asks for {n_want} images, but the "
                     f"target class {p.target} holds only {len(cand)} of {len(labels)} training images "

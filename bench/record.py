@@ -20,6 +20,8 @@ Fields of an ``ok`` record, by group:
 * cost: ``wall_s`` and ``epochs_equiv`` of the defense (of the backdoor training for ``none``),
   ``trainings``, ``phases`` (each training phase's optimiser steps and epochs), ``total_wall_s``,
   ``cpu_s``; the budget (``budget_scale``, ``budget_min_steps``);
+* ``miniature``: true for a run of ``run --miniature`` (shrunken sizes, possibly generated stand-in
+  data: its numbers measure nothing; the flag is part of the spec, so its run id is its own);
 * provenance: artifacts and cache hits, device, host, library and code versions, plug-in code
   hashes (``plugin_code``), timestamps, ``status`` and ``error``.
 """
@@ -34,7 +36,7 @@ COLUMNS = ["run_id", "suite", "dataset", "model", "attack", "poison_ratio", "tar
            "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr", "precision", "auroc",
            "flagged", "arch_ok", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "status",
            "error", "attack_params", "defense_params", "dataset_params", "train", "budget_scale",
-           "budget_min_steps", "reserve_fraction", "n_train", "reserve_size", "n_test", "n_poison",
+           "budget_min_steps", "miniature", "reserve_fraction", "n_train", "reserve_size", "n_test", "n_poison",
            "n_cover", "oracle", "cell_id", "salt_id", "isolation", "backdoor_artifact",
            "backdoor_cache_hit", "defense_artifact", "defense_cache_hit", "data_fingerprint", "device",
            "host", "code_version", "plugin_code", "versions", "started_at", "finished_at", "phases",
@@ -96,6 +98,7 @@ def flatten(rec: dict) -> dict:
         row["budget_scale"] = budget["scale"]
     if row.get("budget_min_steps") is None:
         row["budget_min_steps"] = budget["min_steps"]
+    row["miniature"] = bool(rec.get("miniature", spec.get("miniature", False)))
     if row.get("target") is None:
         row["target"] = (spec.get("attack_params") or {}).get("target")
     for k in JSON_COLUMNS:

@@ -138,9 +138,11 @@ def _folder_problems(results: Path, cache_dir: Path) -> list[str]:
     return problems
 
 
-def _specs_and_problems(s, filters: dict, data_root: str, cache_dir: Path, check_data: bool
-                        ) -> tuple[list, list[str]]:
-    """The suite's filtered specs and every problem found in them."""
+def _specs_and_problems(s, filters: dict, data_root: str, cache_dir: Path, check_data: bool,
+                        miniature: dict | None = None) -> tuple[list, list[str]]:
+    """The suite's filtered specs and every problem found in them. ``miniature`` (``mode``, the
+    ``real`` data root, the ``results`` folder) shrinks the specs (``mode`` "cover": to a covering
+    subset) and fills the miniature data root (bench.miniature)."""
     problems: list[str] = []
     try:
         specs = expand(s)
@@ -151,7 +153,18 @@ def _specs_and_problems(s, filters: dict, data_root: str, cache_dir: Path, check
         specs = apply_filters(specs, **filters)
     except SuiteError as exc:
         problems += exc.problems
+    if miniature is not None:
+        from bench import miniature as mini
+
+        specs = mini.shrink(specs)
+        if check_data:
+            try:
+                mini.prepare_data(specs, miniature["real"], cache_dir)
+            except OSError as exc:
+                problems.append(f"--miniature: cannot prepare its data in {data_root}: {exc}")
     problems += validate(specs, data_root, cache_dir, check_data=check_data)
+    if miniature is not None and miniature["mode"] == "cover":   # the whole grid validated, a subset run
+        specs = mini.cover(specs, mini.done_specs(miniature["results"]))
     return specs, problems
 
 
@@ -184,6 +197,7 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
               attacks=None, defenses=None, datasets=None, models=None, ratios=None, seeds=None,
               dry_run: bool = False, device: str = "auto", progress: bool | None = None,
               imports=(), check_data: bool = True, out=None, isolation: str = "process",
+              miniature: bool | str = False,
               estimate: bool = True, device_check=None) -> Outcome:
     """Expand, filter, validate, plan and run a suite; returns an :class:`Outcome`. A dry run also
     prints the cost estimate (:mod:`bench.estimate`; ``device_check``: the device check's JSON)."""
@@ -204,7 +218,13 @@ def run_suite(suite: str | Path, *, results: str | Path = "results", data_root=N
     t_val = time.time()
     folder_problems = _folder_problems(results, cache_dir)
     filters = dict(attacks=attacks, defenses=defenses, datasets=datasets, models=models, ratios=ratios, seeds=seeds)
-    specs, problems = _specs_and_problems(s, filters, data_root, cache_dir, check_data)
+    mini = None
+    if miniature:   # shrunken runs on a data root of links and stand-ins (bench.miniature)
+        from bench.miniature import data_root as miniature_root
+
+        mini = {"mode": "cover" if miniature == "cover" else "all", "real": data_root, "results": results}
+        data_root = str(miniature_root(cache_dir))
+    specs, problems = _specs_and_problems(s, filters, data_root, cache_dir, check_data, mini)
     if folder_problems or problems:
         outcome.problems = folder_problems + problems
         console.refused(s.name, outcome.problems)
@@ -265,6 +285,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("ratios", "poison ratios"), ("seeds", "seeds")):
         parser.add_argument(f"--{axis}", default=None, help=f"only these {what}, comma-separated")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
+    parser.add_argument("--miniature", nargs="?", const="all", choices=["all", "cover"], default=None,
+                        help="the suite's grid at miniature sizes (a few hundred images, one epoch, a tiny defense "
+                             "budget; generated stand-ins for absent data) to check that it runs, on a CPU; records "
+                             "say miniature and never count as real runs. 'cover': only a subset in which every "
+                             "dataset, model, attack, defense, ratio and seed appears (and what the results folder's "
+                             "miniature runs have not exercised yet) (bench.miniature)")
     parser.add_argument("--device-check", default=None, metavar="JSON",
                         help="with --dry-run: the device check's JSON for the GPU time estimate "
                              "(default <results>/device-check.json; `device-check` writes it)")
@@ -296,6 +322,6 @@ def main(args: argparse.Namespace) -> int:
         dask_address=args.dask_address, force=args.force, retry_failed=args.retry_failed,
         attacks=args.attacks, defenses=args.defenses, datasets=args.datasets, models=args.models,
         ratios=args.ratios, seeds=args.seeds, dry_run=args.dry_run, device=args.device,
-        progress=args.progress, imports=args.imports, isolation=args.isolation,
+        progress=args.progress, imports=args.imports, isolation=args.isolation, miniature=args.miniature,
         estimate=args.estimate, device_check=args.device_check)
     return outcome.exit_code

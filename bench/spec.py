@@ -9,6 +9,8 @@ the run are not part of the hash.
 
 The clean reserve is carved out of the training set *before* poisoning, so its fraction names the
 cell (the victim trains on the rest). A poison ratio of 0 is a clean cell (:attr:`RunSpec.is_clean`).
+A miniature run (``run --miniature``: shrunken sizes, possibly generated stand-in data) has
+``miniature=True``, which is hashed, so it never shares a run id, cell or model with a real run.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class RunSpec:
     reserve_fraction: float = 0.05
     n_train: int | None = None
     n_test: int | None = None
+    miniature: bool = False                            # a shrunken run (``run --miniature``, bench.miniature)
     suite: str = field(default="", compare=False)
     budget_scale: InitVar[float | None] = None         # shorthand: RunSpec(..., budget_scale=0.2)
 
@@ -54,7 +57,7 @@ class RunSpec:
     def __post_init__(self, budget_scale):
         budget = Budget.from_value(self.budget)
         if budget_scale is not None:
-            budget = Budget(scale=budget_scale, min_steps=budget.min_steps)
+            budget = Budget(scale=budget_scale, min_steps=budget.min_steps, min_epochs=budget.min_epochs)
         object.__setattr__(self, "budget", budget)
 
     @property
@@ -76,6 +79,10 @@ class RunSpec:
         d = self.to_dict()
         for k in self._NOT_HASHED:
             d.pop(k, None)
+        if not d.get("miniature"):   # only a miniature run names it: every other run keeps its id
+            d.pop("miniature", None)
+        if d["budget"].get("min_epochs") == 1.0:   # likewise the default least epoch count
+            d["budget"].pop("min_epochs")
         d["code"] = {"attack": plugin_code("attack", self.attack), "defense": plugin_code("defense", self.defense)}
         return d
 

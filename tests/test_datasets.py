@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from bench.datasets import CorruptDataError, DataNotFoundError, check_dataset, load_dataset
+from bench.datasets.standins import write_cifar10, write_cifar100, write_imagenette, write_tinyimagenet
 from bench.registry import DATASETS, ParamsError
 
 
@@ -39,30 +40,13 @@ def _dump(path, obj, protocol=2):
 
 
 def make_cifar10(root, per_batch=4):
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    for i in range(1, 6):
-        _dump(d / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "data": _cifar_images(per_batch, i),
-                                      "labels": [(i + k) % 10 for k in range(per_batch)],
-                                      "filenames": [f"img{i}_{k}.png" for k in range(per_batch)]})
-    _dump(d / "test_batch", {"batch_label": "testing batch 1 of 1", "data": _cifar_images(3, 9),
-                             "labels": [7, 8, 9], "filenames": ["a", "b", "c"]})
-    _dump(d / "batches.meta", {"num_cases_per_batch": per_batch, "num_vis": 3072,
-                               "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                               "frog", "horse", "ship", "truck"]})
-    return d
+    """Five batches of ``per_batch`` images (image k of a file labelled k % 10), 3 test images."""
+    return write_cifar10(root, per_batch=per_batch, n_test=3)
 
 
 def make_cifar100(root):
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    for name, n in (("train", 6), ("test", 2)):
-        _dump(d / name, {"filenames": [str(i) for i in range(n)], "batch_label": name,
-                         "fine_labels": [i * 17 % 100 for i in range(n)],
-                         "coarse_labels": [i * 3 % 20 for i in range(n)], "data": _cifar_images(n, n)})
-    _dump(d / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
-                       "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-    return d
+    """6 training and 2 test images, fine labels 17 k % 100, coarse labels 3 k % 20."""
+    return write_cifar100(root, n_train=6, n_test=2)
 
 
 def _no_decode(*args, **kwargs):
@@ -76,8 +60,8 @@ def test_cifar10_loads_pickles_warns_on_checksum_and_caches(tmp_path, monkeypatc
         b = _load("cifar10", root, tmp_path)
     assert b.train.x.shape == (20, 3, 32, 32) and b.train.x.dtype == torch.uint8
     assert b.test.x.shape == (3, 3, 32, 32)
-    assert b.test.y.tolist() == [7, 8, 9]
-    assert b.train.y[:4].tolist() == [1, 2, 3, 4]
+    assert b.test.y.tolist() == [0, 1, 2]
+    assert b.train.y[:4].tolist() == [0, 1, 2, 3]
     assert b.classes[0] == "airplane" and len(b.classes) == 10
     # channel-major rows: the first 1024 values are the red plane
     raw = pickle.load(open(d / "data_batch_1", "rb"))["data"]
@@ -94,11 +78,11 @@ def test_cifar10_loads_pickles_warns_on_checksum_and_caches(tmp_path, monkeypatc
     # changing a file changes the fingerprint (and so decodes again)
     monkeypatch.undo()
     monkeypatch.setenv("BENCH_NO_DOWNLOAD", "1")
-    _dump(d / "test_batch", {"data": _cifar_images(3, 10), "labels": [0, 1, 2]})
+    _dump(d / "test_batch", {"data": _cifar_images(3, 10), "labels": [4, 5, 6]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         b3 = _load("cifar10", root, tmp_path)
-    assert b3.fingerprint != b.fingerprint and b3.test.y.tolist() == [0, 1, 2]
+    assert b3.fingerprint != b.fingerprint and b3.test.y.tolist() == [4, 5, 6]
 
 
 def test_cifar10_missing_says_where_and_how(tmp_path):
@@ -286,23 +270,11 @@ def _img(path, w, h, seed, mode="RGB", fmt=None):
 
 
 def make_tiny(root):
-    base = root / "tiny-imagenet-200"
-    wnids = ["n02", "n01", "n03"]  # wnids.txt is unsorted in the real release
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (base / "words.txt").write_text("n00\tunused\nn01\tgoldfish, Carassius auratus\n"
-                                    "n02\tbullfrog, Rana catesbeiana\nn03\tgoldfish, other sense\n")
-    for k, w in enumerate(wnids):
-        for i in range(2):
-            _img(base / "train" / w / "images" / f"{w}_{i}.JPEG", 64, 64, 10 * k + i, fmt="JPEG")
-        (base / "train" / w / f"{w}_boxes.txt").write_text("")
-    _img(base / "train" / "n03" / "images" / "n03_2.JPEG", 64, 64, 99, mode="L", fmt="JPEG")
-    ann = []
-    for i, w in enumerate(["n03", "n01", "n02", "n01"]):
-        _img(base / "val" / "images" / f"val_{i}.JPEG", 64, 64, 50 + i, fmt="JPEG")
-        ann.append(f"val_{i}.JPEG\t{w}\t0\t0\t10\t10")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
-    return base
+    # wnids.txt is unsorted in the real release; n01 and n03 share the first synonym "goldfish"
+    return write_tinyimagenet(
+        root, wnids=["n02", "n01", "n03"], train_per_class=2, val_labels=["n03", "n01", "n02", "n01"],
+        words={"n00": "unused", "n01": "goldfish, Carassius auratus", "n02": "bullfrog, Rana catesbeiana",
+               "n03": "goldfish, other sense"})
 
 
 def test_tinyimagenet_layout_names_and_grayscale(tmp_path):
@@ -341,14 +313,8 @@ def test_tinyimagenet_errors(tmp_path):
 
 
 def make_imagenette(root, variant="imagenette2-160", side=40):
-    base = root / variant
-    for split, n in (("train", 3), ("val", 1)):
-        for k, w in enumerate(["n02102040", "n01440764"]):
-            for i in range(n):
-                w_, h_ = (side, side * 3 // 4) if i % 2 == 0 else (side * 3 // 4, side)
-                _img(base / split / w / f"{w}_{i}.JPEG", w_, h_, 7 * k + i, fmt="JPEG")
-    _img(base / "train" / "n01440764" / "gray.JPEG", side, side, 3, mode="L", fmt="JPEG")
-    return base
+    return write_imagenette(root, variant, side, wnids=["n01440764", "n02102040"], train_per_class=3,
+                            val_per_class=1)
 
 
 def test_imagenette_resize_and_names(tmp_path):
