@@ -42,7 +42,8 @@ class Runtime:
     """Where and how the engine computes. Set once per worker with :func:`configure`."""
 
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU unless cpu_amp)
+    cpu_amp: bool = False          # with amp: bf16 autocast on the CPU too (tests exercise the CUDA path)
     channels_last: bool = True     # channels-last memory format (CUDA, and oneDNN convolutions on CPU)
     compile: bool = False          # torch.compile the model inside fit()
     progress: bool = False         # tqdm bars over epochs
@@ -75,6 +76,8 @@ def device() -> torch.device:
 def _autocast(dev: torch.device):
     if dev.type == "cuda" and _RUNTIME.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if dev.type == "cpu" and _RUNTIME.amp and _RUNTIME.cpu_amp:  # off by default: tests only
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -394,9 +394,9 @@ class Estimate:
 
     def _gpu_lines(self, gpu_wall) -> list[str]:
         if not self.check:
-            where = f" (looked for {self.check_path})" if self.check_path else ""
-            return [f"GPU: unknown (no device check{where}; run `python run_bench.py device-check "
-                    f"--data-root DIR --out {DEVICE_CHECK_FILE}` on a GPU machine, docs/running.md)"]
+            where = f" at {self.check_path}" if self.check_path else ""
+            return [f"GPU: unknown (no device check{where}; `python run_bench.py device-check --data-root DIR "
+                    f"--out {DEVICE_CHECK_FILE}` on a GPU machine writes one, docs/running.md)"]
         c = self.check
         out = [f"GPU estimate from the device check {self.check_path} ({c.get('gpu', '?')}, torch "
                f"{c.get('torch', '?')}, {c.get('created', '?')}): the engine's measured images/s"
@@ -409,7 +409,8 @@ class Estimate:
         return out
 
     def _not_counted_lines(self) -> list[str]:
-        out = ["not counted: forward-only passes (evaluation, scoring, feature extraction), start-up"]
+        out = ["not counted: forward-only passes (evaluation, scoring, feature extraction) and each job's "
+               "start-up (its processes, loading the data: seconds per job, which dominate a tiny suite)"]
         if self.surrogate_attacks:
             out.append(f"not counted: the surrogate/generator training of {', '.join(self.surrogate_attacks)}")
         return out

@@ -173,11 +173,7 @@ def main(args) -> int:
     mean = train.x.float().div(255).mean((0, 2, 3)).tolist()
     std = train.x.float().div(255).std((0, 2, 3)).clamp_min(1e-3).tolist()
     padding = engine.default_padding(size)
-    torch.manual_seed(args.seed)
-    model = create_model(args.model, bundle.num_classes, size, mean, std)
-    naive_model = create_model(args.model, bundle.num_classes, size, (0.0,) * 3, (1.0,) * 3)
-    naive_model.net.load_state_dict(copy.deepcopy(model.net.state_dict()))
-    cfg = _train_config(args.batch_size)
+    model, naive_model = make_models(args.model, bundle.num_classes, size, mean, std, args.seed)
     if args.repeats < 1 or args.batch_size < 1 or args.workers < 0:
         print("perf: --repeats and --batch-size must be >= 1, --workers >= 0", file=sys.stderr)
         return 2
@@ -186,42 +182,17 @@ def main(args) -> int:
     print(f"perf: dataset={args.dataset} model={args.model} n_train={n} image={tuple(train.x.shape[1:])} "
           f"batch_size={args.batch_size} device={dev} torch_threads={torch.get_num_threads()} "
           f"workers={args.workers} repeats={args.repeats}", flush=True)
-    # one-time costs (kernel selection, allocator growth, autograd set-up) are paid before timing,
-    # so that whichever side runs first is not penalised for them
-    t_model = model_only_seconds(model, train, args.batch_size, dev)
-
-    t_engine, t_naive = [], []
-    rss_engine = rss_naive = 0.0
-    cuda_engine = cuda_naive = None
-    resettable = True
-    for r in range(args.repeats):  # alternate the two sides so that load drifts hit both alike
-        # (a) engine
-        resettable &= _reset_peak_rss()
-        _reset_cuda_peak(dev)
-        t0 = time.perf_counter()
-        engine.fit(model, train, cfg, generator=torch.Generator().manual_seed(args.seed + r), desc="perf")
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t_engine.append(time.perf_counter() - t0)
-        rss_engine = max(rss_engine, _peak_rss_mb())
-        cuda_engine = _cuda_peak_mb(dev)
-
-        # (b) naive DataLoader pipeline
-        resettable &= _reset_peak_rss()
-        _reset_cuda_peak(dev)
-        t0 = time.perf_counter()
-        seen = naive_epoch(naive_model, train.x, train.y, mean, std, batch_size=args.batch_size,
-                           workers=args.workers, padding=padding, dev=dev, seed=args.seed + r)
-        t_naive.append(time.perf_counter() - t0)
-        rss_naive = max(rss_naive, _peak_rss_mb())
-        cuda_naive = _cuda_peak_mb(dev)
-        if seen != n:
-            print(f"perf: naive pipeline saw {seen} images, expected {n}", file=sys.stderr)
-            return 1
-    rss_workers = _rss_mb(resource.RUSAGE_CHILDREN) if args.workers > 0 else 0.0
-
-    te, tn = statistics.median(t_engine), statistics.median(t_naive)
-    ips_engine, ips_naive = n / te, n / tn
+    try:
+        m = compare_pipelines(model, naive_model, train, mean, std, batch_size=args.batch_size,
+                              workers=args.workers, repeats=args.repeats, seed=args.seed, dev=dev)
+    except PipelineMismatch as exc:
+        print(f"perf: {exc}", file=sys.stderr)
+        return 1
+    t_model, t_engine, t_naive = m["model_s"], m["engine_s"], m["naive_s"]
+    rss_engine, rss_naive, rss_workers = m["rss_engine_mb"], m["rss_naive_mb"], m["rss_workers_mb"]
+    cuda_engine, cuda_naive, resettable = m["cuda_engine_mb"], m["cuda_naive_mb"], m["rss_resettable"]
+    te, tn = m["engine_median_s"], m["naive_median_s"]
+    ips_engine, ips_naive = m["engine_img_s"], m["naive_img_s"]
 
     def cuda(v):
         return f", cuda peak {v:.0f} MB" if v is not None else ""
@@ -242,6 +213,72 @@ def main(args) -> int:
           f"augmented batches alone (no training): {d_naive / d_engine:.1f}x")
     print(f"speedup: {ips_engine / ips_naive:.2f}x (engine img/s / naive img/s)")
     return 0
+
+
+class PipelineMismatch(RuntimeError):
+    """The naive pipeline did not see every image once (the comparison would be meaningless)."""
+
+
+def make_models(name: str, num_classes: int, size: int, mean, std, seed: int = 0):
+    """The engine's model and the naive pipeline's twin (same initial weights; its normalisation
+    switched off, since the pipeline's ``Normalize`` does it)."""
+    from bench.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes, size, mean, std)
+    naive_model = create_model(name, num_classes, size, (0.0,) * 3, (1.0,) * 3)
+    naive_model.net.load_state_dict(copy.deepcopy(model.net.state_dict()))
+    return model, naive_model
+
+
+def compare_pipelines(model, naive_model, train, mean, std, *, batch_size: int, workers: int, repeats: int,
+                      seed: int, dev: torch.device, engine_data=None) -> dict:
+    """One epoch of training through the engine against one through the naive DataLoader
+    pipeline, ``repeats`` times alternated, after the warm-up of :func:`model_only_seconds`.
+    ``engine_data``: the split the engine trains on (default ``train``; e.g. the same images
+    already on the GPU); the naive side always reads ``train`` from host memory as numpy arrays.
+    Returns the timings (seconds per epoch, their medians, images/s) and peak memories."""
+    n = len(train)
+    padding = engine.default_padding(train.x.shape[-1])
+    cfg = _train_config(batch_size)
+    engine_data = train if engine_data is None else engine_data
+    # one-time costs (kernel selection, allocator growth, autograd set-up) are paid before timing,
+    # so that whichever side runs first is not penalised for them
+    t_model = model_only_seconds(model, train, batch_size, dev)
+
+    t_engine, t_naive = [], []
+    rss_engine = rss_naive = 0.0
+    cuda_engine = cuda_naive = None
+    resettable = True
+    for r in range(repeats):  # alternate the two sides so that load drifts hit both alike
+        # (a) engine
+        resettable &= _reset_peak_rss()
+        _reset_cuda_peak(dev)
+        t0 = time.perf_counter()
+        engine.fit(model, engine_data, cfg, generator=torch.Generator().manual_seed(seed + r), desc="perf")
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_engine.append(time.perf_counter() - t0)
+        rss_engine = max(rss_engine, _peak_rss_mb())
+        cuda_engine = _cuda_peak_mb(dev)
+
+        # (b) naive DataLoader pipeline
+        resettable &= _reset_peak_rss()
+        _reset_cuda_peak(dev)
+        t0 = time.perf_counter()
+        seen = naive_epoch(naive_model, train.x, train.y, mean, std, batch_size=batch_size,
+                           workers=workers, padding=padding, dev=dev, seed=seed + r)
+        t_naive.append(time.perf_counter() - t0)
+        rss_naive = max(rss_naive, _peak_rss_mb())
+        cuda_naive = _cuda_peak_mb(dev)
+        if seen != n:
+            raise PipelineMismatch(f"naive pipeline saw {seen} images, expected {n}")
+    te, tn = statistics.median(t_engine), statistics.median(t_naive)
+    return {"n": n, "model_s": t_model, "engine_s": t_engine, "naive_s": t_naive,
+            "engine_median_s": te, "naive_median_s": tn, "engine_img_s": n / te, "naive_img_s": n / tn,
+            "model_img_s": n / t_model, "rss_engine_mb": rss_engine, "rss_naive_mb": rss_naive,
+            "rss_workers_mb": _rss_mb(resource.RUSAGE_CHILDREN) if workers > 0 else 0.0,
+            "rss_resettable": resettable, "cuda_engine_mb": cuda_engine, "cuda_naive_mb": cuda_naive}
 
 
 def data_only_seconds(train, mean, std, args, padding: int, dev: torch.device) -> tuple[float, float]:

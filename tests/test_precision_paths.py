@@ -1,0 +1,98 @@
+"""The engine's CUDA-only paths, exercised on the CPU so that they cannot rot unnoticed.
+
+On a GPU the engine trains under bf16 autocast with channels-last tensors (``bench.engine``:
+``_autocast``, ``prepare_model``, ``to_model_layout``); on the CPU it normally does neither. Here
+every shipped model (``run_bench.py list models``) takes a few training steps through
+:func:`bench.engine.fit` and one scoring pass through :func:`bench.engine.map_batches` twice:
+under ``torch.autocast("cpu", bfloat16)`` with channels-last (the runtime's ``cpu_amp`` switch,
+off by default) and in float32 NCHW, from the same weights on the same batches; the per-step
+losses must agree and each leg must really have run in its own dtype and memory layout.
+
+Tolerance: relative 5e-2 on each step's loss. bf16 keeps 8 bits of mantissa (a relative rounding
+of about 4e-3 per operation); through a deep network's forward pass and one or two SGD updates the
+loss moves by up to about 3e-2 (MobileNetV2, measured), while a broken path (a wrong cast, a
+scrambled layout, a NaN) moves it far more or fails outright.
+
+Sizes: batch 8 of 16x16 images, two steps. The paths do not depend on the resolution, and on a
+CPU without native bf16 (the 2-core development machine) autocast's bf16 convolutions are several
+times slower than float32, so 32x32 would cost several times more for nothing.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import engine
+from bench.data import Split
+from bench.engine import TrainConfig
+from bench.models import MODELS, create_model
+
+SHIPPED = ["cnn_tiny", "cnn_small", "resnet_tiny", "resnet18", "resnet34", "mobilenetv2"]
+RTOL = 5e-2
+SIZE, BATCH, STEPS = 16, 8, 2
+
+
+@pytest.fixture(autouse=True)
+def _runtime():
+    previous = engine.runtime()
+    yield
+    engine.configure(**vars(previous))
+
+
+def _data() -> Split:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (BATCH * STEPS, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    return Split(x, torch.arange(BATCH * STEPS) % 10)
+
+
+def _leg(name: str, bf16: bool):
+    """(per-step losses, what each step saw, scoring logits, the model) of one leg."""
+    engine.configure(device="cpu", amp=bf16, cpu_amp=bf16, channels_last=bf16)
+    torch.manual_seed(0)
+    model = create_model(name, 10, SIZE)
+    losses, seen = [], []
+
+    def loss_fn(m, batch):
+        out = m(batch.x)
+        seen.append((out.dtype, batch.x.is_contiguous(memory_format=torch.channels_last)))
+        loss = F.cross_entropy(out, batch.y)
+        losses.append(float(loss.detach()))
+        return loss
+
+    data = _data()
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=0.01, momentum=0.9, schedule="constant", augment=True)
+    engine.fit(model, data, cfg, loss_fn=loss_fn, generator=torch.Generator().manual_seed(0))
+    with engine.eval_mode(model):
+        logits = engine.map_batches(lambda x, y, i: model(x), data, batch_size=BATCH)
+    return losses, seen, logits, model
+
+
+def test_the_shipped_models_are_all_covered():
+    assert sorted(MODELS.list("*")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_bf16_channels_last_matches_float32(name):
+    ref_losses, ref_seen, ref_logits, _ = _leg(name, bf16=False)
+    losses, seen, logits, model = _leg(name, bf16=True)
+
+    assert len(losses) == len(ref_losses) == STEPS
+    assert ref_seen == [(torch.float32, False)] * STEPS            # float32, NCHW
+    assert seen == [(torch.bfloat16, True)] * STEPS                # bf16 autocast, channels-last
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    for step, (a, b) in enumerate(zip(losses, ref_losses)):
+        assert a == pytest.approx(b, rel=RTOL), f"{name}: step {step} loss {a} (bf16) vs {b} (float32)"
+    assert logits.dtype == torch.float32 and logits.shape == ref_logits.shape == (BATCH * STEPS, 10)
+    assert torch.isfinite(logits).all()
+
+
+def test_cpu_autocast_is_off_by_default():
+    engine.configure(device="cpu", amp=True)   # the default runtime: amp means CUDA only
+    data = _data()
+    model = create_model("cnn_tiny", 10, SIZE)
+    with engine.eval_mode(model):
+        out = engine.map_batches(lambda x, y, i: torch.tensor([x.dtype == torch.float32, model(x).dtype == torch.float32]),
+                                 data, batch_size=len(data))
+    assert out.bool().all()
