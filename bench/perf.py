@@ -160,7 +160,6 @@ def _train_config(batch_size: int) -> TrainConfig:
 
 def main(args) -> int:
     from bench.datasets import load_dataset
-    from bench.models import create_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,6 +212,72 @@ def main(args) -> int:
           f"augmented batches alone (no training): {d_naive / d_engine:.1f}x")
     print(f"speedup: {ips_engine / ips_naive:.2f}x (engine img/s / naive img/s)")
     return 0
+
+
+class PipelineMismatch(RuntimeError):
+    """The naive pipeline did not see every image once (the comparison would be meaningless)."""
+
+
+def make_models(name: str, num_classes: int, size: int, mean, std, seed: int = 0):
+    """The engine's model and the naive pipeline's twin (same initial weights; its normalisation
+    switched off, since the pipeline's ``Normalize`` does it)."""
+    from bench.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes, size, mean, std)
+    naive_model = create_model(name, num_classes, size, (0.0,) * 3, (1.0,) * 3)
+    naive_model.net.load_state_dict(copy.deepcopy(model.net.state_dict()))
+    return model, naive_model
+
+
+def compare_pipelines(model, naive_model, train, mean, std, *, batch_size: int, workers: int, repeats: int,
+                      seed: int, dev: torch.device, engine_data=None) -> dict:
+    """One epoch of training through the engine against one through the naive DataLoader
+    pipeline, ``repeats`` times alternated, after the warm-up of :func:`model_only_seconds`.
+    ``engine_data``: the split the engine trains on (default ``train``; e.g. the same images
+    already on the GPU); the naive side always reads ``train`` from host memory as numpy arrays.
+    Returns the timings (seconds per epoch, their medians, images/s) and peak memories."""
+    n = len(train)
+    padding = engine.default_padding(train.x.shape[-1])
+    cfg = _train_config(batch_size)
+    engine_data = train if engine_data is None else engine_data
+    # one-time costs (kernel selection, allocator growth, autograd set-up) are paid before timing,
+    # so that whichever side runs first is not penalised for them
+    t_model = model_only_seconds(model, train, batch_size, dev)
+
+    t_engine, t_naive = [], []
+    rss_engine = rss_naive = 0.0
+    cuda_engine = cuda_naive = None
+    resettable = True
+    for r in range(repeats):  # alternate the two sides so that load drifts hit both alike
+        # (a) engine
+        resettable &= _reset_peak_rss()
+        _reset_cuda_peak(dev)
+        t0 = time.perf_counter()
+        engine.fit(model, engine_data, cfg, generator=torch.Generator().manual_seed(seed + r), desc="perf")
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_engine.append(time.perf_counter() - t0)
+        rss_engine = max(rss_engine, _peak_rss_mb())
+        cuda_engine = _cuda_peak_mb(dev)
+
+        # (b) naive DataLoader pipeline
+        resettable &= _reset_peak_rss()
+        _reset_cuda_peak(dev)
+        t0 = time.perf_counter()
+        seen = naive_epoch(naive_model, train.x, train.y, mean, std, batch_size=batch_size,
+                           workers=workers, padding=padding, dev=dev, seed=seed + r)
+        t_naive.append(time.perf_counter() - t0)
+        rss_naive = max(rss_naive, _peak_rss_mb())
+        cuda_naive = _cuda_peak_mb(dev)
+        if seen != n:
+            raise PipelineMismatch(f"naive pipeline saw {seen} images, expected {n}")
+    te, tn = statistics.median(t_engine), statistics.median(t_naive)
+    return {"n": n, "model_s": t_model, "engine_s": t_engine, "naive_s": t_naive,
+            "engine_median_s": te, "naive_median_s": tn, "engine_img_s": n / te, "naive_img_s": n / tn,
+            "model_img_s": n / t_model, "rss_engine_mb": rss_engine, "rss_naive_mb": rss_naive,
+            "rss_workers_mb": _rss_mb(resource.RUSAGE_CHILDREN) if workers > 0 else 0.0,
+            "rss_resettable": resettable, "cuda_engine_mb": cuda_engine, "cuda_naive_mb": cuda_naive}
 
 
 class PipelineMismatch(RuntimeError):
