@@ -362,17 +362,17 @@ class Estimate:
             computing = [j for j in js if j.images]
             shared = sum(1 for j in js if j.note and j.note != "no cost hint")
             if any(j.note == "no cost hint" for j in js):
-                out.append(f"  - {name}: {len(js)} job(s), no cost phases declared on its card: counted as 0")
+                out.append(f"- {name}: {len(js)} job(s), no cost phases declared on its card: counted as 0")
                 continue
             if not computing:
-                out.append(f"  - {name}: {len(js)} job(s), nothing to train" +
+                out.append(f"- {name}: {len(js)} job(s), nothing to train" +
                            (f" ({shared} reuse another job's output)" if shared else ""))
                 continue
             j = computing[0]
             phases = ", ".join(f"{p.what} {p.images:,d} img" + (f"/{p.steps} steps" if p.steps else "")
                                for p in j.phases)
             per = sum(x.trainings for x in computing) / len(computing)
-            out.append(f"  - {name}: {len(js)} job(s), {per:.2f} trainings per run"
+            out.append(f"- {name}: {len(js)} job(s), {per:.2f} trainings per run"
                        + (f", {shared} reuse another job's output" if shared else "") + f" [{phases}]")
         return out
 
@@ -387,7 +387,7 @@ class Estimate:
                f"on random images of the suite's size, with the torch threads one of {self.workers} worker(s) "
                f"gets; time = images x phase weight / (rate x workers){load}:"]
         for cal in self.calibrations.values():
-            out.append(f"  - {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
+            out.append(f"- {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
                        f"{cal.batch_size} in {cal.seconds:.2f} s with {cal.threads} thread(s) = "
                        f"{cal.images_per_s:,.0f} images/s per worker")
         return out
@@ -403,7 +403,7 @@ class Estimate:
                + (f"; {', '.join(sorted(n for n in self.gpu_notes if n))}" if any(self.gpu_notes) else "")]
         jpg = c.get("jobs_per_gpu") or {}
         if gpu_wall is not None and jpg.get("speedup"):
-            out.append(f"  with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about {_fmt(gpu_wall / jpg['speedup'])} "
+            out.append(f"- with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about {_fmt(gpu_wall / jpg['speedup'])} "
                        f"(the check measured {jpg['speedup']:.2f}x the throughput of one job at a time on "
                        f"{jpg.get('model', '?')})")
         return out

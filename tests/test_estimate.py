@@ -134,9 +134,9 @@ def test_dry_run_prints_the_estimate(tmp_path, capsys):
     assert f"{sum(EXPECTED.values()):,d}" in total
     assert "CPU estimate calibrated here" in out and "images/s per worker" in out
     assert "GPU: unknown (no device check" in out
-    # the job list keeps its form: the estimate's lines never start with two spaces and a job kind
-    kinds = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and not ln.startswith("  -")}
-    assert kinds <= {"backdoor", "artifact", "train", "repair"}
+    # the job list keeps its form: only job lines start with two spaces (tests and scripts read them)
+    kinds = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ")}
+    assert kinds == {"backdoor", "train", "repair"}
     rc = main(["run", "--suite", str(path), "--results", str(tmp_path / "results"), "--dry-run", "--no-estimate"])
     assert "cost estimate" not in capsys.readouterr().out
 
@@ -194,9 +194,14 @@ class _NoHint(Defense):
         return DefenseOutput(ctx.model)
 
 
-def test_a_defense_without_cost_phases_is_named(tmp_path):
-    if "_t_nohint" not in DEFENSES:
-        DEFENSES.register("_t_nohint")(_NoHint)
+@pytest.fixture
+def nohint_registered():
+    DEFENSES.register("_t_nohint")(_NoHint)
+    yield
+    DEFENSES.remove("_t_nohint")   # a suite's "*" elsewhere in the session must not find it
+
+
+def test_a_defense_without_cost_phases_is_named(tmp_path, nohint_registered):
     path = tmp_path / "s.toml"
     path.write_text(SUITE.replace('defenses = ["none", "fine_tuning", "clp", "dbr", "abl"]',
                                   'defenses = ["none", "_t_nohint"]'))
