@@ -47,11 +47,14 @@ def patch_masks(n: int, image_shape: tuple[int, ...], patch_size: int, generator
 
 def kl_consistency(model: nn.Module, data: Split, *, patch_size: int = 2, eps: float = 8 / 255,
                    generator: torch.Generator, label: str = "pred", batch_size: int | None = None,
-                   indices: torch.Tensor | None = None) -> torch.Tensor:
+                   indices: torch.Tensor | None = None,
+                   with_pred: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-sample KL(f(x) || f(x')) for the split (or ``indices`` of it), in order, on the CPU.
 
     ``label``: ``"pred"`` (the model's own prediction, the default) or ``"given"`` (the split's
     labels) as the target of the cross-entropy whose input gradient gives the perturbation.
+    ``with_pred``: also return f's predicted label of every (unperturbed) sample, ``(kl, pred)``,
+    taken from the same forward pass (no extra cost; the random masks drawn are the same).
     """
     if label not in ("pred", "given"):
         raise ValueError(f"label must be 'pred' or 'given', got '{label}'")
@@ -71,7 +74,11 @@ def kl_consistency(model: nn.Module, data: Split, *, patch_size: int = 2, eps: f
             x_adv = (x + mask * eps * grad.sign()).clamp_(0.0, 1.0)
             logp = F.log_softmax(logits.detach(), 1)
             logq = F.log_softmax(model(x_adv).float(), 1)
-            return (logp.exp() * (logp - logq)).sum(1).clamp_min_(0.0)
+            kl = (logp.exp() * (logp - logq)).sum(1).clamp_min_(0.0)
+            return torch.stack([kl, logits.detach().argmax(1).float()], 1) if with_pred else kl
 
     with engine.eval_mode(model):
-        return engine.map_batches(score, data, batch_size=batch_size, grad=True, indices=indices)
+        out = engine.map_batches(score, data, batch_size=batch_size, grad=True, indices=indices)
+    if with_pred:
+        return out[:, 0].contiguous(), out[:, 1].long()
+    return out

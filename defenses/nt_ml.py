@@ -29,7 +29,8 @@ uses the whole reserve, the spec's "5% reserve variant"; ``reserve_fraction`` se
 2. **Teacher T** = copy of f0 fine-tuned with CE on the clean set for ``teacher_epochs`` (10)
    epochs (the shared :func:`bench.recipes.finetune` recipe: SGD lr 0.01, momentum 0.9, weight
    decay 5e-4, batch 128 or the clean-set size, cosine, augmentation).
-3. **ML** (deep mutual learning) on the clean set for ``ml_epochs`` (20) epochs, both models
+3. **ML** (deep mutual learning) for ``ml_epochs`` (20) epochs on the clean set (``ml_clean="same"``,
+   default) or on a class-balanced ``ml_clean_fraction`` of the whole reserve (``"reserve"``), both models
    updated at every step: L_S = CE(S(x), y) + KL(p_T || p_S), L_T = CE(T(x), y) + KL(p_S || p_T),
    temperature 1, KL weight 1, partners detached (one optimizer over both models; each model
    gets exactly its own loss's gradient).
@@ -40,7 +41,24 @@ the cell's standard augmentation; paper epochs scaled by the suite's budget (``c
 
 Diagnostics: the evaluator measures clean ACC and ASR of S after NT (``nt_student``), of T after
 its fine-tuning (``teacher``), and of T after ML (``ml_teacher``) through ``ctx.checkpoint``; the
-output is S after ML. The clean-set size used and the NT losses are logged.
+output is S after ML. The clean-set sizes used and the NT losses are logged.
+
+Provisional readings (parameters; the defaults are today's, kept until the development protocol
+of ``docs/meca-development.md`` (its NT-ML section, suite ``ntml-dev``) picks one, on development
+cells only):
+
+* ``nt_mode``: "complementary" (default) or "nckd": what "retraining the model with the outputs of
+  the standard training" means; the complementary reading gives a student with 1.5-6 % clean
+  accuracy and a final model at 6-12 % on the CPU suite, against the abstract's "a teacher with
+  high accuracy on clean data and a student with higher confidence in correct prediction on
+  poisoned data"; nckd keeps 64-65 %;
+* how many of the "small number of clean samples" each stage gets: ``n_clean`` (teacher, and ML
+  with ``ml_clean="same"``; default 100, None = the whole reserve), ``ml_clean`` /
+  ``ml_clean_fraction`` (ML on a fraction of the whole reserve instead);
+* ``ml_epochs`` (20), like every epoch count here, a guess.
+
+Development claims (``NTML.development_claims``): the abstract's claims as checks, read by the
+development report.
 """
 from __future__ import annotations
 
@@ -67,7 +85,9 @@ class NTMLParams:
     reserve_fraction: float | None = None   # None: the suite's reserve (5%)
     nt_epochs: float = 10              # complementary mode (nckd uses the cell's recipe)
     teacher_epochs: float = 10
-    ml_epochs: float = 20
+    ml_epochs: float = 20              # provisional
+    ml_clean: str = "same"             # ML's clean set: "same" (the n_clean set) | "reserve" (provisional)
+    ml_clean_fraction: float = 1.0     # with ml_clean="reserve": this class-balanced share of the reserve
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -84,6 +104,11 @@ class NTMLParams:
             raise ValueError(f"n_clean must be a positive number of samples or None, got {self.n_clean!r}")
         if self.reserve_fraction is not None and not 0 < self.reserve_fraction < 1:
             raise ValueError(f"reserve_fraction must be in (0, 1), got {self.reserve_fraction}")
+        if self.ml_clean not in ("same", "reserve"):
+            raise ValueError(f"ml_clean must be 'same' or 'reserve', got {self.ml_clean!r}")
+        if isinstance(self.ml_clean_fraction, bool) or not isinstance(self.ml_clean_fraction, (int, float)) \
+                or not 0 < self.ml_clean_fraction <= 1:
+            raise ValueError(f"ml_clean_fraction must be in (0, 1], got {self.ml_clean_fraction!r}")
         require_positive(self, "nt_epochs", "teacher_epochs", "ml_epochs", "lr", "nckd_temperature", "ml_temperature")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -129,9 +154,27 @@ class NTML(Defense):
                            CostPhase("teacher", data="reserve", limit="n_clean", epochs="teacher_epochs",
                                      batch_size="batch_size"),
                            CostPhase("mutual learning", data="reserve", limit="n_clean", epochs="ml_epochs",
-                                     batch_size="batch_size", weight=2)))
+                                     batch_size="batch_size", weight=2, when={"ml_clean": "same"}),
+                           CostPhase("mutual learning", data="reserve", fraction="ml_clean_fraction",
+                                     epochs="ml_epochs", batch_size="batch_size", weight=2,
+                                     when={"ml_clean": "reserve"})))
 
     Params = NTMLParams
+
+    # The abstract's claims as checks for the development report (bench.reports.development; the
+    # value syntax is MeCa's, see defenses/meca.py). The margins are ours: the abstract has no numbers.
+    development_claims = (
+        {"name": "teacher_acc_high", "value": "teacher.acc", "op": ">=", "ref": "nodef.acc", "offset": -0.05,
+         "claim": "abstract: NT yields 'a teacher with high accuracy on clean data' (within 5 points of "
+                  "the backdoored model's)"},
+        {"name": "student_correct_on_poison", "value": "nt_student.ra", "op": ">", "ref": "nodef.ra",
+         "claim": "abstract: '... and a student with higher confidence in correct prediction on poisoned "
+                  "data' (robust accuracy above the backdoored model's)"},
+        {"name": "acc_near_clean", "value": "final.acc", "op": ">=", "ref": "clean.acc", "offset": -0.05,
+         "claim": "abstract: the purified student keeps the clean task (within 5 points of a clean training)"},
+        {"name": "backdoor_removed", "value": "final.asr", "op": "<=", "ref": 0.1,
+         "claim": "abstract: NT-ML 'can effectively defend' (ASR at most 10 %)"},
+    )
 
     def recipe(self, ctx: DefenseContext, epochs: float) -> TrainConfig:
         """The spec's optimiser with the cell's augmentation, for ``epochs`` epochs."""
@@ -146,6 +189,12 @@ class NTML(Defense):
         clean_idx = balanced_subset(reserve, p.n_clean, ctx.generator)
         clean = reserve.subset(clean_idx)
         ctx.log("nt_ml/n_clean", len(clean))
+        if p.ml_clean == "same":
+            ml_set = clean
+        else:
+            k = None if p.ml_clean_fraction >= 1 else max(1, int(p.ml_clean_fraction * len(reserve)))
+            ml_set = reserve.subset(balanced_subset(reserve, k, ctx.generator))
+        ctx.log("nt_ml/n_ml_clean", len(ml_set))
 
         # 0. the outputs of the standard training on the un-augmented poisoned set
         f0_logits = engine.predict_logits(f0, train)
@@ -171,9 +220,10 @@ class NTML(Defense):
         ctx.checkpoint("teacher", teacher)
 
         # 3. mutual learning on the clean set
-        ml = engine.fit([student, teacher], clean, self.recipe(ctx, ctx.budget.epochs(p.ml_epochs)),
+        ml = engine.fit([student, teacher], ml_set, self.recipe(ctx, ctx.budget.epochs(p.ml_epochs)),
                         loss_fn=mutual_learning_loss(p.ml_kl_weight, p.ml_temperature), generator=ctx.generator,
                         desc="nt-ml mutual learning")
         ctx.log("nt_ml/ml_losses", ml.losses)
         ctx.checkpoint("ml_teacher", teacher)
-        return DefenseOutput(student, info={"provisional": True, "nt_mode": p.nt_mode, "n_clean": len(clean)})
+        return DefenseOutput(student, info={"provisional": True, "nt_mode": p.nt_mode, "n_clean": len(clean),
+                                            "n_ml_clean": len(ml_set)})

@@ -1,4 +1,5 @@
-"""The seed defenses NT-ML, MCLDef and BCU: their mechanisms, end-to-end runs, bad parameters.
+"""The seed defenses MCLDef and BCU: their mechanisms, end-to-end runs, bad parameters (NT-ML's
+are in tests/plugins/test_nt_ml.py).
 
 End-to-end runs use the shared backdoored digits fixture (target class 1, a white corner patch)
 and ``build_context`` exactly as the runner does; budgets are cut through the defenses' own
@@ -12,8 +13,7 @@ import torch
 from bench import engine, inversion
 from bench.data import Split, balanced_subset
 from bench.defense import CellInfo, DefenseConfigError
-from bench.distill import complementary_loss, mutual_learning_loss, non_target_kl
-from bench.engine import Batch, TrainConfig
+from bench.engine import TrainConfig
 from bench.models import create_model
 from bench.registry import DEFENSES, ParamsError
 from bench.runner import build_context
@@ -155,69 +155,6 @@ def test_bcu_end_to_end_without_labels(backdoored_cell):
     assert acc > 0.5, acc
 
 
-# -- NT-ML ----------------------------------------------------------------------------------------
-def test_nt_losses_never_pull_towards_the_given_label():
-    torch.manual_seed(0)
-    logits = torch.randn(6, 5, requires_grad=True)
-    teacher = torch.randn(6, 5)
-    y = torch.tensor([0, 1, 2, 3, 4, 1])
-    # nckd: the given label's logit gets exactly zero gradient, and the loss ignores it
-    loss = non_target_kl(logits, teacher, y, 4.0)
-    (grad,) = torch.autograd.grad(loss, logits)
-    assert torch.all(grad[torch.arange(6), y] == 0)
-    assert grad.abs().sum() > 0
-    bumped = logits.detach().clone()
-    bumped[torch.arange(6), y] += 10
-    assert torch.allclose(non_target_kl(bumped, teacher, y, 4.0), loss)
-    # complementary: descending the loss lowers the avoided class's probability
-    avoid = teacher.argmax(1)
-    (grad,) = torch.autograd.grad(complementary_loss(logits, avoid), logits)
-    assert torch.all(grad[torch.arange(6), avoid] > 0)
-    p = logits.detach().softmax(1)[torch.arange(6), avoid]
-    assert torch.allclose(complementary_loss(logits.detach(), avoid), -(1 - p).log().mean(), atol=1e-5)
-
-
-def test_mutual_learning_gives_each_model_its_own_gradient():
-    data = toy_split(16, size=8)
-    a, b = create_model("cnn_tiny", 4, 8), create_model("cnn_tiny", 4, 8)
-    batch = Batch(data.x.float() / 255, data.y, torch.arange(16), 0, 0, 0.0)
-    mutual_learning_loss()([a, b], batch).backward()
-    ga = [p.grad.clone() for p in a.parameters()]
-    for p in list(a.parameters()) + list(b.parameters()):
-        p.grad = None
-    la, lb = a(batch.x), b(batch.x)
-    own = torch.nn.functional.cross_entropy(la, data.y) + torch.nn.functional.kl_div(
-        la.log_softmax(1), lb.detach().log_softmax(1), reduction="batchmean", log_target=True)
-    own.backward()
-    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(ga, a.parameters()))
-
-
-def test_nt_ml_end_to_end_never_reads_given_labels_in_nt(backdoored_cell, monkeypatch):
-    cell, model, _ = backdoored_cell
-    real_fit = engine.fit
-    stages = []
-
-    def spy_fit(m, data, cfg, **kw):
-        if len(data) == len(cell.poisoned.data):  # the NT stage (on its copy): hide the given labels
-            loss_fn = kw["loss_fn"]
-            kw["loss_fn"] = lambda mod, batch: loss_fn(mod, Batch(batch.x, None, batch.idx, batch.epoch,
-                                                                   batch.step, batch.progress))
-            stages.append("nt")
-        else:
-            stages.append(len(data))
-        return real_fit(m, data, cfg, **kw)
-
-    monkeypatch.setattr(engine, "fit", spy_fit)
-    defense, ctx, out, acc, tags = _run("nt_ml", cell, model, n_clean=50, nt_epochs=5)
-    assert defense.declaration()["needs_train"] is True
-    n_clean = out.info["n_clean"]  # class-balanced from the 71-image reserve: capped per class
-    assert 40 <= n_clean <= 50 and ctx.logs["nt_ml/n_clean"] == n_clean
-    assert stages == ["nt", n_clean, n_clean]  # NT, teacher fine-tune, mutual learning
-    assert tags == ["nt_student", "teacher", "ml_teacher"]
-    assert out.info["provisional"] is True
-    assert acc > 0.5, acc
-
-
 # -- bad parameters -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,params,match", [
     ("bcu", {"layerwise_ratio": [0.1, 0.2]}, "layerwise_ratio needs 6"),
@@ -228,10 +165,6 @@ def test_nt_ml_end_to_end_never_reads_given_labels_in_nt(backdoored_cell, monkey
     ("mcldef", {"temperature": 0}, "temperature"),
     ("mcldef", {"lr_drop_epochs": [10, 1]}, "lr_drop_epochs"),
     ("mcldef", {"lr_drop_epochs": [0, 10]}, "lr_drop_epochs"),
-    ("nt_ml", {"nt_mode": "bogus"}, "nt_mode"),
-    ("nt_ml", {"n_clean": 0}, "n_clean"),
-    ("nt_ml", {"ml_epochs": -1}, "ml_epochs"),
-    ("nt_ml", {"n_cleen": 5}, "did you mean n_clean"),
 ])
 def test_bad_params_are_refused(name, params, match):
     with pytest.raises(ParamsError, match=match):
@@ -245,7 +178,6 @@ def test_cell_dependent_settings_are_refused_before_compute():
         DEFENSES.create("mcldef", oracle_target=10).check(cell)
     with pytest.raises(DefenseConfigError, match="reserve fraction"):
         DEFENSES.create("bcu").check(CellInfo(10, (3, 32, 32), 10, "cnn_tiny", 0.05))
-    for name in ("nt_ml", "mcldef", "bcu"):
+    for name in ("mcldef", "bcu"):
         DEFENSES.create(name).check(cell)  # the defaults pass
-    assert DEFENSES.create("nt_ml", reserve_fraction=0.2).reserve_fraction(0.05) == 0.2
     assert DEFENSES.create("bcu").reserve_fraction(0.05) == 0.05
