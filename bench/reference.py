@@ -82,7 +82,24 @@ def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> 
     atomic_write_text(dest / SALT_FILE, salt + "\n")
     for rid in chosen:
         shutil.copyfile(results / RECORDS / f"{rid}.json", dest / RECORDS / f"{rid}.json")
+    atomic_write_text(dest / "STATUS.md", status_markdown(_records(dest)))
     return len(chosen)
+
+
+def status_markdown(records: dict[str, dict]) -> str:
+    """What a published folder holds, cell by cell: which defenses finished (ok / failed)."""
+    cells: dict[tuple, dict[str, str]] = {}
+    for rec in records.values():
+        key = (rec.get("suite"), rec["dataset"], rec["model"], rec["attack"], rec.get("poison_ratio"), rec["seed"])
+        cells.setdefault(key, {})[rec["defense"]] = rec["status"]
+    lines = ["# Status", "", f"{len(records)} record(s), written by `python run_bench.py publish`.", "",
+             "| suite | dataset | model | attack | ratio | seed | ok | failed |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(cells, key=lambda k: tuple(str(v) for v in k)):
+        done = cells[key]
+        ok = ", ".join(sorted(d for d, st in done.items() if st == "ok")) or "—"
+        failed = ", ".join(sorted(d for d, st in done.items() if st != "ok")) or "—"
+        lines.append("| " + " | ".join(str(v) for v in key) + f" | {ok} | {failed} |")
+    return "\n".join(lines) + "\n"
 
 
 def seed_results(source: str | Path, results: str | Path) -> int:

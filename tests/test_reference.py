@@ -39,7 +39,8 @@ def no_env_salt(monkeypatch):
 def test_published_records_resume_a_fresh_folder_without_recomputing(published, no_env_salt, capsys):
     root, suite = published
     first, ref, second = root / "first", root / "ref", root / "second"
-    assert sorted(p.name for p in ref.iterdir()) == ["protocol-salt", "records"]   # no cache, no diagnostics
+    assert sorted(p.name for p in ref.iterdir()) == ["STATUS.md", "protocol-salt", "records"]  # no cache, no diagnostics
+    assert "_t_repair, none" in (ref / "STATUS.md").read_text()
     assert {p.stem for p in (ref / "records").glob("*.json")} == set(records(first))
     # a new machine: an empty results folder resumed from the published one computes nothing
     assert cli.main(["run", "--suite", str(suite), "--results", str(second), "--resume-from", str(ref),
