@@ -31,7 +31,6 @@ class SIGParams(AttackParams):
     delta: float = 30 / 255
     freq: float = 6.0
     delta_test: float | None = None
-    cap_to_class: bool = False   # a rate above what the target class holds poisons the whole class (else refused)
 
     def validate(self):
         super().validate()

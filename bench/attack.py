@@ -37,10 +37,13 @@ class AttackConfigError(ValueError):
 
 @dataclass
 class AttackParams:
-    """Parameters every attack has. ``target`` is the attacker's target class."""
+    """Parameters every attack has. ``target`` is the attacker's target class. ``cap_to_class``
+    (clean-label attacks): a ratio asking for more images than the target class holds poisons the
+    whole class instead of being refused (the record's ``n_poison`` says how many)."""
 
     target: int = 1
     cover_rate: float = 0.0
+    cap_to_class: bool = False
 
     def validate(self):
         if not 0.0 <= self.cover_rate < 1.0:
@@ -158,9 +161,8 @@ class Attack:
         if labels is not None and ratio > 0:
             n_want = math.floor(ratio * len(labels))
             cand = self.poison_candidates(labels)
-            # a clean-label attack may opt in to poisoning the whole class instead (a ``cap_to_class``
-            # parameter; :meth:`select` caps, the record's n_poison says how many were poisoned)
-            if self.label_mode == "clean" and n_want > len(cand) and not getattr(p, "cap_to_class", False):
+            # with ``cap_to_class`` a clean-label attack poisons the whole class instead (select caps)
+            if self.label_mode == "clean" and n_want > len(cand) and not p.cap_to_class:
                 raise AttackConfigError(
                     f"{self.name}: a clean-label poison ratio of {ratio} asks for {n_want} images, but the "
                     f"target class {p.target} holds only {len(cand)} of {len(labels)} training images "

@@ -12,6 +12,9 @@ Imagenette at 224 px, CIFAR-100's 100 classes) runs end to end on a CPU before t
 * **clean reserve**: raised where the suite's fraction would leave SCAn (which needs two clean images
   of every class) too few, and capped so the victim keeps :data:`MIN_VICTIM` images (ABL isolates
   1 % of them): :func:`reserve_fraction`;
+* **clean-label attacks** (SIG, LC, Narcissus) get ``cap_to_class``: where the few target-class
+  images left to the victim are fewer than the ratio asks, they poison the whole class instead of
+  being refused;
 * **standard training**: :data:`EPOCHS` epoch in batches of :data:`BATCH_SIZE`;
 * **defense budget**: scale :data:`SCALE`, no step floor, and no one-epoch minimum either
   (``Budget.min_epochs`` = :data:`MIN_EPOCHS`): every training phase of a defense or of an attack's
@@ -86,6 +89,15 @@ def reserve_fraction(n_total: int, classes: int, suite_fraction: float) -> float
     return f
 
 
+def _clean_label(attack: str) -> bool:
+    from bench.registry import ATTACKS
+
+    try:
+        return getattr(ATTACKS.get(attack).obj, "label_mode", "") == "clean"
+    except Exception:  # noqa: BLE001 - validation reports an unknown attack
+        return False
+
+
 def shrink_spec(spec: RunSpec, classes: int | None = None) -> RunSpec:
     """The miniature of one run spec (see the module docstring)."""
     classes = classes if classes is not None else num_classes(spec)
@@ -95,8 +107,11 @@ def shrink_spec(spec: RunSpec, classes: int | None = None) -> RunSpec:
     if spec.n_test is not None:
         n_test = min(n_test, spec.n_test)
     train = dict(spec.train, epochs=EPOCHS, batch_size=BATCH_SIZE)
+    attack_params = dict(spec.attack_params)
+    if _clean_label(spec.attack) and "cap_to_class" not in attack_params:
+        attack_params["cap_to_class"] = True
     return dataclasses.replace(
-        spec, n_train=n_train, n_test=n_test, train=train, miniature=True,
+        spec, n_train=n_train, n_test=n_test, train=train, attack_params=attack_params, miniature=True,
         reserve_fraction=reserve_fraction(n_train, classes, spec.reserve_fraction),
         budget=Budget(scale=SCALE, min_steps=0, min_epochs=MIN_EPOCHS))
 

@@ -43,6 +43,11 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
     limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
     summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
                f"{n_seeds} seed(s). {caption(**limits)}")
+    n_mini = miniature_runs(df)
+    if n_mini:
+        summary = (f"**{n_mini} of these runs are miniature** (`run --miniature`: shrunken sizes, possibly "
+                   f"generated stand-in data, to check that a suite runs; their numbers measure nothing). "
+                   + summary)
     (out / "leaderboard.md").write_text(f"# Leaderboard\n\n{summary}\n\n{board_md}")
     board.to_csv(out / "leaderboard.csv", index=False)
     written["leaderboard"] = out / "leaderboard.md"
@@ -60,6 +65,13 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
     written["figures"] = figs.all_figures(df, results, out) if n_runs else {}
     written["html"] = html_page.write_page(out, board_md, tables, written["figures"], cost, summary)
     return written
+
+
+def miniature_runs(df) -> int:
+    """How many rows of the tidy table are miniature runs (bench.miniature)."""
+    if "miniature" not in df.columns:
+        return 0
+    return int(df["miniature"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).sum())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
