@@ -124,6 +124,7 @@ SPEC_V1 = {
     # epochs over all N samples (D_u cycled), so every round has the same length.
     "round_length": "du",
     "enhance_epochs": 1,
+    # Algorithm 2 (lost): the SGD learning rate of the rounds (constant, momentum 0.9, wd 5e-4).
     "enhance_lr": 0.01,
 }
 DEFAULTS = dict(SPEC_V1)
