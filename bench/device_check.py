@@ -20,7 +20,8 @@ done (a later failure or a kill keeps the earlier parts):
   (3 x one job's wall / the three jobs' wall);
 * ``table2_cell``: one CIFAR-10 cell of ``meca-table2`` end to end through the scheduler (BadNet,
   ResNet-18, the suite's 100-epoch recipe, no defense and ``--table2-defense``), with its wall
-  time and metrics.
+  time and metrics; it is not started when the ResNet-18 throughput measured first says it would
+  pass ``--time-budget`` (480 s; the error says so, and ``--parts table2_cell`` runs it alone).
 
 The JSON (``schema`` ``bench.device_check/1``) also holds the GPU's name, the torch, CUDA and
 cuDNN versions, and the errors of parts that failed (the exit code is then 1, as it is when the
@@ -327,6 +328,31 @@ def measure_table2_cell(data_root, workdir: Path, cache_dir, *, defense: str = "
             "defenses": ["none", defense], "wall_s": wall, "runs": runs}
 
 
+def table2_images(data_root, cache_dir, suite=TABLE2_SUITE) -> int:
+    """Images of the Table II cell's standard training (most of its wall time), counted as the
+    dry run's estimate counts them (:mod:`bench.estimate`)."""
+    from bench.estimate import cell_facts, job_cost
+    from bench.plan import Job
+    from bench.suite import apply_filters, expand, load_suite
+
+    spec = apply_filters(expand(load_suite(suite)), datasets="cifar10", attacks="badnet", defenses="none")[0]
+    return job_cost(Job("backdoor", spec), cell_facts(spec, data_root, cache_dir)).images
+
+
+def over_budget(report: dict, images: int, elapsed: float, budget: float) -> str | None:
+    """Why the Table II cell is not started (its training predicted from the measured ResNet-18
+    throughput would pass ``budget`` seconds), or None."""
+    t = (report.get("throughput") or {}).get("resnet18")
+    if not budget or not t or not t.get("engine_img_s"):
+        return None
+    predicted = images / t["engine_img_s"]
+    if elapsed + 1.1 * predicted + 30 <= budget:
+        return None
+    return (f"not run: its {images:,d} training images at the measured {t['engine_img_s']:,.0f} img/s of resnet18 "
+            f"take about {predicted:.0f}s, past the --time-budget of {budget:.0f}s ({elapsed:.0f}s used); rerun "
+            f"with --parts table2_cell")
+
+
 # -- the command --------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="the folder holding cifar-10-batches-py/ (required)")
@@ -344,6 +370,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs-model", default="cnn_small")
     p.add_argument("--jobs-per-gpu", type=int, default=3)
     p.add_argument("--table2-defense", default="fine_tuning", help="the defense run on the Table II cell")
+    p.add_argument("--time-budget", type=float, default=480,
+                   help="seconds the whole check may take (default 480): the Table II cell is not started "
+                        "when the measured throughput says it would pass them (0: no limit)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -385,6 +414,10 @@ def main(args: argparse.Namespace) -> int:
                     report["jobs_per_gpu"] = measure_jobs_per_gpu(args.data_root, workdir, cache_dir,
                                                                   model=args.jobs_model, jobs=args.jobs_per_gpu)
                 elif part == "table2_cell":
+                    why = over_budget(report, table2_images(args.data_root, cache_dir),
+                                      time.perf_counter() - t_start, args.time_budget)
+                    if why:
+                        raise TimeoutError(why)
                     report["table2_cell"] = measure_table2_cell(args.data_root, workdir, cache_dir,
                                                                 defense=args.table2_defense)
             except Exception as exc:  # noqa: BLE001 - one failed part must not hide the others

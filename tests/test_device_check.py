@@ -126,8 +126,10 @@ def test_main_writes_each_part_and_records_a_failing_one(tmp_path, monkeypatch, 
         raise RuntimeError("the cell failed")
 
     monkeypatch.setattr(dc, "measure_table2_cell", boom)
+    monkeypatch.setattr(dc, "table2_images", lambda root, cache: 4_750_000)
     out = tmp_path / "dc.json"
-    rc = cli_main(["device-check", "--data-root", str(tmp_path), "--out", str(out), "--workdir", str(tmp_path / "w")])
+    rc = cli_main(["device-check", "--data-root", str(tmp_path), "--out", str(out), "--workdir", str(tmp_path / "w"),
+                   "--time-budget", "0"])
     text = capsys.readouterr().out
     assert rc == dc.EXIT_FAILED
     report = json.loads(out.read_text())
@@ -141,3 +143,21 @@ def test_main_writes_each_part_and_records_a_failing_one(tmp_path, monkeypatch, 
     report = json.loads(out.read_text())
     assert rc == 0 and report["ok"] is True and report["parts"] == ["parity", "table2_cell"]
     assert report["table2_cell"]["runs"][1]["defense"] == "fine_tuning"
+
+
+def test_the_table2_cell_is_not_started_past_the_time_budget(tmp_path, monkeypatch, capsys, runtime_restored):
+    monkeypatch.setattr(dc, "require_gpu", lambda: "Fake GPU")
+    monkeypatch.setattr(dc, "require_cifar10", lambda root: None)
+    monkeypatch.setattr(dc, "environment", lambda gpu=None: dict(ENV))
+    monkeypatch.setattr(dc, "_cifar10", lambda root, cache: object())
+    monkeypatch.setattr(dc, "measure_throughput", fake_throughput)          # resnet18: 12,000 img/s
+    monkeypatch.setattr(dc, "table2_images", lambda root, cache: 4_750_000)  # 100 epochs x 47,500
+    monkeypatch.setattr(dc, "measure_table2_cell", fake_table2)
+    out = tmp_path / "dc.json"
+    args = ["device-check", "--data-root", str(tmp_path), "--out", str(out), "--parts", "throughput,table2_cell"]
+    assert cli_main(args + ["--time-budget", "300"]) == dc.EXIT_FAILED      # about 400 s predicted
+    report = json.loads(out.read_text())
+    assert report["table2_cell"] is None and "not run" in report["errors"]["table2_cell"]
+    assert "--time-budget of 300s" in capsys.readouterr().out
+    assert cli_main(args + ["--time-budget", "600"]) == 0
+    assert json.loads(out.read_text())["table2_cell"]["wall_s"] == 200.0
