@@ -262,6 +262,12 @@ def development_runs(results: Path) -> tuple[list[dict], pd.DataFrame, dict]:
                        dtype=bool)
     notes["evaluation_cells"] = int((is_eval & (df["defense"] != NO_DEFENSE)).sum())
     df = df[~is_eval]
+    mini = df["miniature"].fillna(False).astype(bool) if "miniature" in df.columns else pd.Series(False, df.index)
+    if mini.any() and not mini.all():   # miniature rows are a plumbing check, not development evidence
+        notes["miniature_left_out"] = int(mini.sum())
+        df = df[~mini]
+    elif mini.any():
+        notes["miniature"] = True
     nodef = df[df["defense"] == NO_DEFENSE]
     by_cell = {c: r for c, r in zip(nodef["cell_id"], nodef.to_dict("records"))}
     clean = nodef[nodef["poison_ratio"] == 0]
@@ -357,6 +363,11 @@ def table_markdown(configs: pd.DataFrame, notes: dict) -> str:
     if notes.get("evaluation_cells"):
         lines += [f"Left out: {notes['evaluation_cells']} run(s) on evaluation cells (target in "
                   f"{EVALUATION_TARGETS} or seed in {EVALUATION_SEEDS}).", ""]
+    if notes.get("miniature"):
+        lines += ["**Miniature runs only** (`run --miniature`): a check of the plumbing, not development "
+                  "evidence.", ""]
+    if notes.get("miniature_left_out"):
+        lines += [f"Left out: {notes['miniature_left_out']} miniature run(s).", ""]
     if notes.get("no_claims"):
         lines += [f"Not checked (no development claims declared): {', '.join(sorted(notes['no_claims']))}.", ""]
     if configs.empty:
