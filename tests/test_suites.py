@@ -13,8 +13,9 @@ from bench.registry import ATTACKS, DEFENSES
 from bench.suite import (SuiteError, apply_filters, expand, list_suites, load_suite, suite_from_dict,
                          validate)
 
-SHIPPED = ["smoke", "cifar10-cpu-quick", "cifar10-cpu", "meca-table2", "meca-table3", "meca-table4",
-           "meca-table5", "meca-table6", "meca-table7", "meca-fig7"]
+SHIPPED = [name for name, _ in list_suites()]     # every file in bench/suites/, checked below
+EXPECTED = ["smoke", "cifar10-cpu-quick", "cifar10-cpu", "cifar10-cpu-paper", "meca-table2", "meca-table3",
+            "meca-table4", "meca-table5", "meca-table6", "meca-table7", "meca-fig7", "meca-dev-coarse", "ntml-dev"]
 
 
 def toml(tmp_path, body: str, name="s.toml"):
@@ -33,8 +34,10 @@ budget = {epochs = 1, scale = 0.1, n_train = 200}
 
 def test_list_suites_has_the_shipped_suites_with_descriptions():
     suites = dict(list_suites())
+    for name in EXPECTED:
+        assert name in suites, name
     for name in SHIPPED:
-        assert name in suites and suites[name], name
+        assert suites[name], f"{name} has no description"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
