@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,7 +29,7 @@ def finetune(model: nn.Module, data: Split, budget: Budget, generator: torch.Gen
              recipe: TrainConfig = FINETUNE, indices: torch.Tensor | None = None,
              loss_fn=None, desc: str = "fine-tune") -> nn.Module:
     """Fine-tune all layers on ``data`` with ``recipe`` (epochs scaled by the budget)."""
-    cfg = recipe.scaled(epochs=budget.epochs(recipe.epochs))
+    cfg = replace(recipe, epochs=budget.epochs(recipe.epochs))
     engine.fit(model, data, cfg, generator=generator, indices=indices, loss_fn=loss_fn, desc=desc)
     return model
 

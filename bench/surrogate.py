@@ -140,7 +140,7 @@ def surrogate_key(train: Split, ctx, who: str = "surrogate") -> str:
 
 def _surrogate_plan(train: Split, ctx):
     model = ctx.model_factory()
-    cfg = ctx.train_config.scaled(epochs=scaled_epochs(ctx, ctx.train_config.epochs))
+    cfg = dataclasses.replace(ctx.train_config, epochs=scaled_epochs(ctx, ctx.train_config.epochs))
     key = artifact_key("standard-surrogate", data=data_digest(train), model=model_signature(model),
                        cfg=cfg, seed=ctx_seed(ctx))
     return model, cfg, key

@@ -34,7 +34,7 @@ Outputs (``info``): u, the pairing, pruned channel indices per layer, the total 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,7 +126,7 @@ class CLP(Defense):
         ctx.log("pruned", total)
         if p.repair_epochs > 0:
             finetune(model, ctx.reserve, ctx.budget, ctx.generator,
-                     recipe=FINETUNE.scaled(epochs=p.repair_epochs), desc="clp-repair")
+                     recipe=replace(FINETUNE, epochs=p.repair_epochs), desc="clp-repair")
         return DefenseOutput(model, info={"u": p.u, "pairing": p.pairing, "pruned_total": total,
                                           "pruned": {k: v for k, v in pruned.items() if v},
                                           "layers": len(pruned), "unpaired_bn": unpaired,

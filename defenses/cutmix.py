@@ -27,7 +27,7 @@ poisoned set with CutMix for 200 epochs) is not this entry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ class CutMix(Defense):
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p = self.params
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=ctx.generator))
-        recipe = FINETUNE.scaled(epochs=p.epochs, lr=p.lr)
+        recipe = replace(FINETUNE, epochs=p.epochs, lr=p.lr)
         model = finetune(ctx.model, ctx.reserve, ctx.budget, ctx.generator, recipe=recipe,
                          loss_fn=cutmix_loss(p, seed), desc="cutmix")
         return DefenseOutput(model, info={"reserve_size": len(ctx.reserve)})

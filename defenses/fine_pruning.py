@@ -38,7 +38,7 @@ Outputs (``info``): layer, channel count, pruned count and indices, reserve accu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -117,7 +117,7 @@ class FinePruning(Defense):
         info.update(pruned=int(k), pruned_fraction=k / channels, pruned_channels=pruned.tolist())
         ctx.log("pruned", int(k))
         if p.finetune:
-            recipe = FINETUNE.scaled(epochs=p.finetune_epochs)
+            recipe = replace(FINETUNE, epochs=p.finetune_epochs)
             finetune(model, reserve, ctx.budget, ctx.generator, recipe=recipe, desc="fine-pruning")
         return DefenseOutput(model, info=info)
 

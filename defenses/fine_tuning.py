@@ -22,7 +22,7 @@ Choices (where the spec says the sources disagree or the MeCa numbers are lost):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.card import CostPhase, DefenseCard
 from bench.defense import Defense, DefenseContext, DefenseOutput
@@ -47,9 +47,9 @@ class FineTuningParams:
         self.recipe().validate()
 
     def recipe(self):
-        return FINETUNE.scaled(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                               momentum=self.momentum, weight_decay=self.weight_decay,
-                               schedule=self.schedule, augment=self.augment)
+        return replace(FINETUNE, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                       momentum=self.momentum, weight_decay=self.weight_decay,
+                       schedule=self.schedule, augment=self.augment)
 
 
 @DEFENSES.register

@@ -47,7 +47,7 @@ Choices:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -190,5 +190,5 @@ class SCAnFT(Defense):
                             weight_decay=p.unlearn_weight_decay, nesterov=True, desc="scan unlearning")
             if p.relearn_epochs > 0:
                 recipes.finetune(model, ctx.reserve, ctx.budget, ctx.generator,
-                                 recipe=recipes.FINETUNE.scaled(epochs=p.relearn_epochs), desc="scan relearn")
+                                 recipe=replace(recipes.FINETUNE, epochs=p.relearn_epochs), desc="scan relearn")
         return DefenseOutput(model, scores=scores, flags=flags, info=info)

@@ -7,7 +7,7 @@ weaken small, precise triggers; it is here to show the plug-in interface, not as
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ class NoisyFineTuning(Defense):
             noise = torch.randn(batch.x.shape, generator=ctx.generator).to(batch.x.device) * sigma
             return F.cross_entropy(model((batch.x + noise).clamp(0, 1)), batch.y)
 
-        recipe = FINETUNE.scaled(epochs=self.params.epochs, lr=self.params.lr)
+        recipe = replace(FINETUNE, epochs=self.params.epochs, lr=self.params.lr)
         model = finetune(ctx.model, ctx.reserve, ctx.budget, ctx.generator, recipe=recipe, loss_fn=noisy_ce,
                          desc="noisy fine-tune")
         return DefenseOutput(model, info={"sigma": sigma})
