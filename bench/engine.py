@@ -213,9 +213,6 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
-    def scaled(self, **changes) -> "TrainConfig":
-        return replace(self, **changes)
-
 
 @dataclass
 class Batch:
