@@ -2,7 +2,7 @@
 
 An attack is a :class:`Attack` subclass registered in ``ATTACKS``. It describes a trigger; the base
 class owns everything shared: validation, seeded selection of poison and cover samples
-(``common.md``: ``n = floor(rate * N)``, one ``randperm``, cover = the next entries), chunked and
+(``common.md``: ``n = floor(poison_ratio * N)``, one ``randperm``, cover = the next entries), chunked and
 vectorised application of the trigger in [0, 1] pixel space with 8-bit re-quantisation, label
 flipping for dirty-label attacks, and the triggered test set (true class != target; source
 classes only for source-specific attacks) with the true labels kept for robust accuracy.
@@ -142,11 +142,11 @@ class Attack:
         return None
 
     # -- validation -----------------------------------------------------------------------------
-    def check(self, num_classes: int, labels: torch.Tensor | None, image_shape, ratio: float) -> None:
+    def check(self, num_classes: int, labels: torch.Tensor | None, image_shape, poison_ratio: float) -> None:
         """Refuse settings that cannot work, before any compute."""
         p = self.params
-        if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-            raise AttackConfigError(f"{self.name}: poison ratio must be 0 (a clean cell) or in (0, 1), got {ratio}")
+        if not (0.0 <= poison_ratio < 1.0) or math.isnan(poison_ratio):
+            raise AttackConfigError(f"{self.name}: poison ratio must be 0 (a clean cell) or in (0, 1), got {poison_ratio}")
         if not 0 <= p.target < num_classes:
             raise AttackConfigError(f"{self.name}: target class {p.target} does not exist "
                                     f"(the dataset has classes 0..{num_classes - 1})")
@@ -158,17 +158,17 @@ class Attack:
             if not 0 <= cls < num_classes:
                 raise AttackConfigError(f"{self.name}: cover class {cls} does not exist "
                                         f"(the dataset has classes 0..{num_classes - 1})")
-        if labels is not None and ratio > 0:
-            n_want = math.floor(ratio * len(labels))
+        if labels is not None and poison_ratio > 0:
+            n_want = math.floor(poison_ratio * len(labels))
             cand = self.poison_candidates(labels)
             # with ``cap_to_class`` a clean-label attack poisons the whole class instead (select caps)
             if self.label_mode == "clean" and n_want > len(cand) and not p.cap_to_class:
                 raise AttackConfigError(
-                    f"{self.name}: a clean-label poison ratio of {ratio} asks for {n_want} images, but the "
+                    f"{self.name}: a clean-label poison ratio of {poison_ratio} asks for {n_want} images, but the "
                     f"target class {p.target} holds only {len(cand)} of {len(labels)} training images "
-                    f"(max ratio {len(cand) / len(labels):.4f})")
+                    f"(max poison ratio {len(cand) / len(labels):.4f})")
             if n_want < 1:
-                raise AttackConfigError(f"{self.name}: poison ratio {ratio} of {len(labels)} training "
+                raise AttackConfigError(f"{self.name}: poison ratio {poison_ratio} of {len(labels)} training "
                                         f"images poisons no image at all")
         self.check_extra(num_classes, image_shape)
 
@@ -182,14 +182,14 @@ class Attack:
             self.prepare(train, ctx)
             self._prepared_for = key
 
-    def select(self, y: torch.Tensor, ratio: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, y: torch.Tensor, poison_ratio: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeded poison and cover indices (disjoint)."""
         n = len(y)
-        if ratio <= 0:
+        if poison_ratio <= 0:
             empty = torch.empty(0, dtype=torch.long)
             return empty, empty
         cand = self.poison_candidates(y)
-        n_p = min(math.floor(ratio * n), len(cand))
+        n_p = min(math.floor(poison_ratio * n), len(cand))
         perm = cand[torch.randperm(len(cand), generator=generator)]
         poison = perm[:n_p]
         n_c = math.floor(self.params.cover_rate * n)
@@ -214,7 +214,7 @@ class Attack:
             batch = to_float(x_u8[part].to(device))
             x_u8[part] = to_uint8(fn(batch, part.to(device)).clamp(0, 1)).to(x_u8.device)
 
-    def poison(self, train: Split, ratio: float, generator: torch.Generator,
+    def poison(self, train: Split, poison_ratio: float, generator: torch.Generator,
                ctx: AttackContext | None = None, device=None) -> PoisonedTrain:
         """The poisoned training set (positions kept, uint8), with poison and cover masks."""
         if train.y is None:
@@ -222,7 +222,7 @@ class Attack:
         ctx = ctx or AttackContext(int(train.y.max()) + 1, train.image_shape, generator)
         self.ensure_prepared(train, ctx)
         device = device or torch.device("cpu")
-        poison, cover = self.select(train.y, ratio, generator)
+        poison, cover = self.select(train.y, poison_ratio, generator)
         x = train.x.clone()
         y = train.y.clone()
         if len(poison):
@@ -264,14 +264,14 @@ class NoAttack(Attack):
     card = AttackCard(name="clean", label="Clean", label_mode="none")
     Params = CleanParams
 
-    def check(self, num_classes, labels, image_shape, ratio):
-        if ratio != 0:
-            raise AttackConfigError(f"clean: the no-attack takes poison ratio 0, got {ratio}")
+    def check(self, num_classes, labels, image_shape, poison_ratio):
+        if poison_ratio != 0:
+            raise AttackConfigError(f"clean: the no-attack takes poison ratio 0, got {poison_ratio}")
 
     def apply_poison(self, x, idx):
         return x
 
-    def select(self, y, ratio, generator):
+    def select(self, y, poison_ratio, generator):
         empty = torch.empty(0, dtype=torch.long)
         return empty, empty
 

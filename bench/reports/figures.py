@@ -194,10 +194,10 @@ def asr_vs_ratio(df: pd.DataFrame, out: Path) -> list[Path]:
     sel = sel[sel["asr"].notna()]
     if sel["poison_ratio"].nunique() < 2:
         return []
-    sel = sel.assign(ratio=sel["poison_ratio"] * 100, asr_pct=sel["asr"] * 100,
+    sel = sel.assign(poison_ratio_pct=sel["poison_ratio"] * 100, asr_pct=sel["asr"] * 100,
                      D=sel["defense"].map(lambda d: label("defense", d)))
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(sel, x="ratio", y="asr_pct", hue="D", marker="o", errorbar="sd", ax=ax)
+    sns.lineplot(sel, x="poison_ratio_pct", y="asr_pct", hue="D", marker="o", errorbar="sd", ax=ax)
     ax.set_xlabel("poison ratio (%)")
     ax.set_ylabel("ASR (%)")
     ax.set_title("ASR against poison ratio (ratio 0: the trigger on a clean model)")

@@ -149,15 +149,15 @@ def _with_labels(sel: pd.DataFrame, **extra) -> pd.DataFrame:
 
 
 def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: list[str], defenses: list[str],
-                         ratio: float = 0.05, model: str | None = None) -> Table:
+                         poison_ratio: float = 0.05, model: str | None = None) -> Table:
     """Rows (dataset, attack), columns defenses (ACC, ASR): Tables II and III and their extensions."""
-    sel = df[df["attack"].isin(attacks) & np.isclose(df["poison_ratio"], ratio)]
+    sel = df[df["attack"].isin(attacks) & np.isclose(df["poison_ratio"], poison_ratio)]
     model = model or main_model(sel)
     sel = one_variant_per_defense(sel[sel["model"] == model])
     rows = _dataset_attack_rows(sel, attacks)
     sel = _with_labels(sel)
     cols = [label("defense", d) for d in defenses]
-    table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {ratio:g})",
+    table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {poison_ratio:g})",
                   ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "defense", defenses, cols, rows)
     return _add_averages(table)
@@ -171,12 +171,12 @@ def extended_defenses(df: pd.DataFrame, table: str) -> list[str]:
     return paper + in_order("defense", run)
 
 
-def variant_table(df: pd.DataFrame, ratio: float = 0.05, defense: str | None = None) -> Table:
+def variant_table(df: pd.DataFrame, poison_ratio: float = 0.05, defense: str | None = None) -> Table:
     """Table IV: a defense without and with its card's variant (MeCa's relabel-and-relearn), rows
     (dataset, attack)."""
     defense = defense or featured_defense("table4")
     found = card("defense", defense) if defense else None
-    sel = df[(df["defense"] == defense) & np.isclose(df["poison_ratio"], ratio)]
+    sel = df[(df["defense"] == defense) & np.isclose(df["poison_ratio"], poison_ratio)]
     model = main_model(sel)
     sel = at_main_budget(sel[sel["model"] == model])
     short = found.variant_display if found is not None else "variant"
@@ -191,12 +191,12 @@ def variant_table(df: pd.DataFrame, ratio: float = 0.05, defense: str | None = N
     return _add_averages(table)
 
 
-def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
+def variants_table(df: pd.DataFrame, poison_ratio: float = 0.05) -> Table:
     """Every defense run with more than one parameter set or budget scale, side by side: its default
     row, then each variant labelled by the parameters it changes (a suite's ``{name, params}``
     entries) and by its budget scale where that is not the main one, beside No Defense. The other
     tables show one row per defense at the main budget; this one shows the ablations."""
-    sel = df[np.isclose(df["poison_ratio"], ratio)]
+    sel = df[np.isclose(df["poison_ratio"], poison_ratio)]
     model = main_model(sel)
     sel = sel[sel["model"] == model]
     empty = Table("Variants", "no defense was run with more than one parameter set", ["Dataset", "Attack"], [], [])
@@ -224,22 +224,22 @@ def variants_table(df: pd.DataFrame, ratio: float = 0.05) -> Table:
     attacks = in_order("attack", sel["attack"])
     rows = _dataset_attack_rows(sel, attacks, where=sel["defense"] != NO_DEFENSE)
     table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
-                  f"poison ratio {ratio:g})", ["Dataset", "Attack"], rows, cols)
+                  f"poison ratio {poison_ratio:g})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
     return _add_averages(table)
 
 
-def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str | None = None) -> Table:
+def poison_ratio_table(df: pd.DataFrame, poison_ratios=(0.10, 0.15, 0.20), defense: str | None = None) -> Table:
     """Table V: a defense (default: the one whose card lists Table V) under poison ratios 10/15/20%
     (rows: attacks)."""
     defense = defense or featured_defense("table5")
     sel = one_variant_per_defense(df[df["defense"] == defense])
     model = main_model(sel)
     sel = sel[(sel["model"] == model)]
-    sel = sel[np.isclose(sel["poison_ratio"].to_numpy(float)[:, None], np.asarray(ratios, float)[None, :]).any(1)]
+    sel = sel[np.isclose(sel["poison_ratio"].to_numpy(float)[:, None], np.asarray(poison_ratios, float)[None, :]).any(1)]
     sel = _with_labels(sel, _r=sel["poison_ratio"].map(lambda r: f"{r * 100:g}%"))
     rows = [(label("attack", a),) for a in in_order("attack", sel["attack"])]
-    cols = [f"{r * 100:g}%" for r in ratios]
+    cols = [f"{r * 100:g}%" for r in poison_ratios]
     table = Table("Table V", f"{label('defense', defense or '?')} under poison ratios {', '.join(cols)} "
                   f"({label('model', model or '?')})", ["Attack"], rows, cols)
     table.cells = _cells(sel, ["_a"], "_r", cols, cols, rows)
@@ -247,11 +247,11 @@ def ratio_table(df: pd.DataFrame, ratios=(0.10, 0.15, 0.20), defense: str | None
 
 
 def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: str | None = None,
-                ratio: float = 0.05) -> Table:
+                poison_ratio: float = 0.05) -> Table:
     """Table VI: no defense and a defense (default: the one whose card lists Table VI) on other
     architectures (rows: attacks)."""
     defense = defense or featured_defense("table6")
-    sel = df[df["model"].isin(models) & df["defense"].isin([NO_DEFENSE, defense]) & np.isclose(df["poison_ratio"], ratio)]
+    sel = df[df["model"].isin(models) & df["defense"].isin([NO_DEFENSE, defense]) & np.isclose(df["poison_ratio"], poison_ratio)]
     sel = one_variant_per_defense(sel)
     sel = _with_labels(sel, _c=sel["model"].map(lambda m: label("model", m)) + " "
                        + sel["defense"].map(lambda d: label("defense", d)))
@@ -262,21 +262,21 @@ def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: s
     return _add_averages(table)
 
 
-def clean_vs_poisoned_table(df: pd.DataFrame, defense: str | None = None, ratio: float = 0.05) -> Table:
+def clean_vs_poisoned_table(df: pd.DataFrame, defense: str | None = None, poison_ratio: float = 0.05) -> Table:
     """Table VII: poisoned data without/with a defense (default: the one whose card lists Table VII),
     and the clean-data (ratio 0) rows."""
     defense = defense or featured_defense("table7")
     sel = df[df["defense"].isin([NO_DEFENSE, defense])]
     model = main_model(sel)
     sel = one_variant_per_defense(sel[sel["model"] == model])
-    sel = sel[np.isclose(sel["poison_ratio"], ratio) | np.isclose(sel["poison_ratio"], 0.0)]
+    sel = sel[np.isclose(sel["poison_ratio"], poison_ratio) | np.isclose(sel["poison_ratio"], 0.0)]
     sel = _with_labels(sel, _data=np.where(np.isclose(sel["poison_ratio"], 0.0), "Clean data", "Poisoned data"),
                        _c=sel["defense"].map(lambda d: label("defense", d)))
     cols = [label("defense", d) for d in (NO_DEFENSE, defense) if d]
     attacks = in_order("attack", sel["attack"])
     rows = [(kind, label("attack", a)) for kind in ("Poisoned data", "Clean data") for a in attacks
             if ((sel["_data"] == kind) & (sel["attack"] == a)).any()]
-    table = Table("Table VII", f"Poisoned (ratio {ratio:g}) vs clean data, without and with "
+    table = Table("Table VII", f"Poisoned (ratio {poison_ratio:g}) vs clean data, without and with "
                   f"{label('defense', defense or '?')} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_data", "_a"], "_c", cols, cols, rows)
     return _add_averages(table)
@@ -294,7 +294,7 @@ def paper_tables(df: pd.DataFrame) -> dict[str, Table]:
             extended_defenses(df[df["attack"].isin(attacks)], key))
     tables.update({
         "table4": variant_table(df),
-        "table5": ratio_table(df),
+        "table5": poison_ratio_table(df),
         "table6": model_table(df),
         "table7": clean_vs_poisoned_table(df),
         "variants": variants_table(df),

@@ -117,7 +117,7 @@ def _block_specs(suite: Suite, block: dict, problems: list[str]) -> Iterable[Run
     models = _expand_axis(MODELS, block["models"], problems, "models")
     attacks = _expand_axis(ATTACKS, block["attacks"], problems, "attacks")
     defenses = _expand_axis(DEFENSES, block["defenses"], problems, "defenses")
-    ratios = [float(r) for r in block["ratios"]]
+    poison_ratios = [float(r) for r in block["ratios"]]
     seeds = [int(s) for s in block["seeds"]]
     preset, target = block.get("preset"), block.get("target")
     budget = dict(block.get("budget") or {})
@@ -125,13 +125,14 @@ def _block_specs(suite: Suite, block: dict, problems: list[str]) -> Iterable[Run
     if "epochs" in budget:
         train["epochs"] = budget["epochs"]
     rules = block.get("exclude") or []
-    for (ds, dsp), (mo, mop), (at, atp), ratio, seed, (de, dep) in itertools.product(
-            datasets, models, attacks, ratios, seeds, defenses):
-        if _excluded(rules, dataset=ds, model=mo, attack=at, ratio=ratio, seed=seed, defense=de):
+    for (ds, dsp), (mo, mop), (at, atp), poison_ratio, seed, (de, dep) in itertools.product(
+            datasets, models, attacks, poison_ratios, seeds, defenses):
+        # an exclusion rule names the poison ratio "ratio" (the suite file's key)
+        if _excluded(rules, dataset=ds, model=mo, attack=at, ratio=poison_ratio, seed=seed, defense=de):
             continue
         if mop:
             problems.append(f"models: '{mo}' takes no params in a suite (got {mop})")
-        yield RunSpec(dataset=ds, model=mo, attack=at, poison_ratio=float(ratio), defense=de,
+        yield RunSpec(dataset=ds, model=mo, attack=at, poison_ratio=float(poison_ratio), defense=de,
                       seed=seed, attack_params=_attack_params(at, atp, preset, target),
                       defense_params=_with_preset(DEFENSES, de, dict(dep), preset),
                       dataset_params=dict(dsp), train=dict(train),
