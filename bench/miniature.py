@@ -8,7 +8,9 @@ Imagenette at 224 px, CIFAR-100's 100 classes) runs end to end on a CPU before t
 
 * **data**: a seeded, class-balanced subset of :data:`N_TRAIN` training images (at least
   :data:`PER_CLASS` per class for datasets with many classes) and :data:`N_TEST` test images (at
-  least one per class); the images keep their resolution;
+  least one per class); the images keep their resolution, except that a dataset loaded at a chosen
+  ``image_size`` above :data:`MAX_SIDE` (Imagenette's 224) loads at 128 px, the smallest side at
+  which the models still use their ImageNet-style stem;
 * **clean reserve**: raised where the suite's fraction would leave SCAn (which needs two clean images
   of every class) too few, and capped so the victim keeps :data:`MIN_VICTIM` images (ABL isolates
   1 % of them): :func:`reserve_fraction`;
@@ -50,6 +52,7 @@ EPOCHS = 1           # standard (backdoor) training
 BATCH_SIZE = 32      # standard training batch (a defense's own batch sizes are its parameters)
 SCALE = 0.001        # defense budget scale
 MIN_EPOCHS = 0.001   # the least scaled epoch count: a phase is one optimiser step
+MAX_SIDE = 128       # a resizable dataset loads at most this side (128 keeps the ImageNet-style stem)
 STANDIN_VERSION = 1  # bump when the stand-in writers change (rewrites stand-ins written before)
 FOLDER = "miniature-data"
 
@@ -89,6 +92,18 @@ def reserve_fraction(n_total: int, classes: int, suite_fraction: float) -> float
     return f
 
 
+def _image_size(spec: RunSpec) -> int | None:
+    """The image side a dataset with an ``image_size`` parameter loads at (None: it has none)."""
+    from bench.registry import DATASETS
+
+    try:
+        params = DATASETS.create(spec.dataset, **spec.dataset_params).params
+    except Exception:  # noqa: BLE001 - validation reports a bad dataset
+        return None
+    side = getattr(params, "image_size", None)
+    return int(side) if isinstance(side, int) else None
+
+
 def _clean_label(attack: str) -> bool:
     from bench.registry import ATTACKS
 
@@ -107,11 +122,16 @@ def shrink_spec(spec: RunSpec, classes: int | None = None) -> RunSpec:
     if spec.n_test is not None:
         n_test = min(n_test, spec.n_test)
     train = dict(spec.train, epochs=EPOCHS, batch_size=BATCH_SIZE)
+    dataset_params = dict(spec.dataset_params)
+    side = _image_size(spec)
+    if side is not None and side > MAX_SIDE:
+        dataset_params["image_size"] = MAX_SIDE
     attack_params = dict(spec.attack_params)
     if _clean_label(spec.attack) and "cap_to_class" not in attack_params:
         attack_params["cap_to_class"] = True
     return dataclasses.replace(
-        spec, n_train=n_train, n_test=n_test, train=train, attack_params=attack_params, miniature=True,
+        spec, n_train=n_train, n_test=n_test, train=train, attack_params=attack_params,
+        dataset_params=dataset_params, miniature=True,
         reserve_fraction=reserve_fraction(n_train, classes, spec.reserve_fraction),
         budget=Budget(scale=SCALE, min_steps=0, min_epochs=MIN_EPOCHS))
 
@@ -132,17 +152,14 @@ def shrink(specs: list[RunSpec]) -> list[RunSpec]:
 
 # -- a covering subset ----------------------------------------------------------------------------
 def _features(s: RunSpec) -> set[tuple]:
-    """What a run exercises that :func:`cover` must keep: each axis value (parameters included),
-    each model with each defense and each dataset (architectures are where they break), each
-    attack on each dataset (triggers and surrogates at each resolution)."""
-    def named(name, params):
-        return name + json.dumps(params, sort_keys=True, default=str)
-
-    ds, de, at = (named(s.dataset, s.dataset_params), named(s.defense, s.defense_params),
-                  named(s.attack, s.attack_params))
-    return {("dataset", ds), ("model", s.model), ("attack", at), ("defense", de), ("ratio", s.poison_ratio),
-            ("seed", s.seed), ("clean", s.is_clean), ("model+defense", s.model, de), ("dataset+model", ds, s.model),
-            ("dataset+attack", ds, at)}
+    """What a run exercises that :func:`cover` must keep: each dataset (with its parameters),
+    model, attack, defense, poison ratio and seed, a clean cell, each model with each defense and
+    with each dataset (architectures are where code breaks). Attacks and defenses count by name:
+    their parameter variants are validated with the whole grid, not each run."""
+    ds = s.dataset + json.dumps(s.dataset_params, sort_keys=True, default=str)
+    return {("dataset", ds), ("model", s.model), ("attack", s.attack), ("defense", s.defense),
+            ("ratio", s.poison_ratio), ("seed", s.seed), ("clean", s.is_clean),
+            ("model+defense", s.model, s.defense), ("dataset+model", ds, s.model)}
 
 
 _PARAMS: dict[str, float] = {}
@@ -176,11 +193,12 @@ def _cost(s: RunSpec, classes: int) -> float:
 
 
 def cover(specs: list[RunSpec], done: list[RunSpec] = ()) -> list[RunSpec]:
-    """A small subset of (miniature) specs in which every dataset, model, attack, defense (each
-    with its parameters), poison ratio and seed of the suite appears, every model with every
-    defense and every dataset it is crossed with, and a clean cell where there is one: the cheap
-    check that a whole suite runs. Greedy: the spec covering most still-missing features per unit
-    of cost, a spec whose backdoored model is already in costing less; ties keep the suite's order."""
+    """A small subset of (miniature) specs in which every dataset, model, attack, defense, poison
+    ratio and seed of the suite appears, every model with every defense and every dataset it is
+    crossed with, and a clean cell where there is one (:func:`_features`), less what the ``done``
+    specs (earlier miniature runs) exercised already: the cheap check that a whole suite runs.
+    Greedy: the spec covering most still-missing features per unit of cost, a spec whose
+    backdoored model is already in costing less; ties keep the suite's order."""
     classes: dict[str, int] = {}
     todo = set().union(*(_features(s) for s in specs)) if specs else set()
     todo -= set().union(*(_features(s) for s in done)) if done else set()

@@ -6,8 +6,9 @@ at a few hundred images, one epoch and a tiny defense budget, on generated stand
 dataset's real layout. The slow test runs every shipped suite that way, each as the covering subset
 of its grid that the earlier suites' miniature runs in the same results folder have not exercised
 yet (``--miniature cover``: each dataset, model, attack, defense, ratio and seed, each model with
-each defense and dataset, each attack on each dataset), requires every run to finish ok, and builds
-the report. The whole grid of a suite (``--miniature``) is the same code on more cells.
+each defense and each dataset; the whole grid of every suite is validated), requires every run to
+finish ok, and builds the report. The whole grid (``--miniature``) is the same code on more cells:
+attacks on every dataset, every parameter variant.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ SUITES = [name for name, _ in list_suites()]
 
 
 def _axes(specs):
-    """What a suite crosses (the miniature's ``cap_to_class`` of clean-label attacks left out)."""
-    named = lambda n, p: n + json.dumps({k: v for k, v in p.items() if k != "cap_to_class"}, sort_keys=True)  # noqa: E731
+    """What a suite crosses (what the miniature sets, ``cap_to_class`` and ``image_size``, left out)."""
+    named = lambda n, p: n + json.dumps({k: v for k, v in p.items() if k not in ("cap_to_class", "image_size")},  # noqa: E731
+                                        sort_keys=True)
     return {(s.dataset, named("", s.dataset_params), s.model, named(s.attack, s.attack_params),
              named(s.defense, s.defense_params), s.poison_ratio, s.seed) for s in specs}
 
