@@ -262,7 +262,8 @@ def test_report_refuses_a_crafted_diagnostics_file_and_runs_nothing(tmp_path, ti
     marker = tmp_path / "executed"
     meca_run = df[(df.defense == "meca") & (df.poison_ratio > 0)].run_id.iloc[0]
     torch.save({"sample_logs": {"kl_round1": _Payload(marker)}}, tmp_path / "res" / "diagnostics" / f"{meca_run}.pt")
-    code = report_main(Namespace(results=str(tmp_path / "res"), out=None, asr_threshold=0.2))
+    code = report_main(Namespace(results=str(tmp_path / "res"), out=None, asr_threshold=0.2, max_acc_drop=0.1,
+                                  acc_margin=0.05))
     assert code == 2 and not marker.exists()
     assert "refused to load diagnostics file" in capsys.readouterr().out
 
