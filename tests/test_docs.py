@@ -51,15 +51,21 @@ def _ids(path):
 
 @pytest.mark.parametrize("path", DOCS, ids=_ids)
 def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
+    from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS
+
     monkeypatch.chdir(ROOT)
     module = types.ModuleType(f"docs_{path.stem}")
     sys.modules[module.__name__] = module
+    registries = (ATTACKS, DEFENSES, DATASETS, MODELS)
+    before = {reg: set(reg.names()) for reg in registries}
+    written = []
     try:
         for lang, code, reason, line, module_name in blocks(path):
             if reason:
                 continue
             if lang == "python" and module_name:
                 (tmp_path / f"{module_name}.py").write_text(code + "\n")
+                written.append(module_name)
                 monkeypatch.syspath_prepend(str(tmp_path))
                 imported = importlib.import_module(module_name)
                 module.__dict__.update({k: v for k, v in vars(imported).items() if not k.startswith("__")})
@@ -74,7 +80,13 @@ def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
             else:
                 pytest.fail(f"{path.name}:{line}: block in '{lang}' is neither run nor marked '<!-- not run: ... -->'")
     finally:
-        sys.modules.pop(module.__name__, None)
+        # the page's plug-ins leave with it: a later test that runs every registered attack or
+        # defense (in worker processes that never imported this page) must not meet them
+        for reg in registries:
+            for name in set(reg.names()) - before[reg]:
+                reg.remove(name)
+        for name in [module.__name__, *written]:
+            sys.modules.pop(name, None)
 
 
 def test_not_run_markers_give_reasons():
