@@ -207,9 +207,10 @@ def test_development_suite_validates_and_shares_nothing_with_evaluation_cells():
     # evaluation cells: the paper's attacks with their own triggers, target 1, seeds 0/1
     assert {s.attack_params.get("target") for s in specs} == {3}
     assert {s.seed for s in specs} == {11}
-    for s in specs:   # triggers of their own: not grid3 (BadNet, TaCT), not the catalogue's random patches
+    for s in specs:   # triggers of their own: not the catalogue's seed-2333 random patch or noise,
+        # not grid3 (BadNet, TaCT), not Hello Kitty (Blend)
         assert (s.attack == "trojan" and s.attack_params["trigger_seed"] != 2333) or \
-            (s.attack == "badnet" and s.attack_params["trigger"] == "phoenix5" and s.attack_params["trigger_seed"] != 2333)
+            (s.attack == "blend" and s.attack_params["trigger"] == "noise" and s.attack_params["trigger_seed"] != 2333)
     assert any(s.poison_ratio == 0 and s.defense == "none" for s in specs)   # the clean training
 
 
