@@ -113,3 +113,17 @@ def test_claims_that_cannot_be_read_are_refused():
         dev._check_value("final.loss", "x")
     for name in ("meca", "nt_ml"):   # the shipped declarations read
         assert dev.claims_of(name)
+
+
+def test_configuration_ids_follow_the_suite_file():
+    """c01, c02, ... are the numbers the suite's comments use, whichever runs are there yet."""
+    from bench.reports.development import _config_labels, suite_order
+
+    order = suite_order("meca", {"meca-dev-coarse", "no-such-suite"})
+    assert len(order) == 10 and len(set(order)) == 10
+    assert '"warmup": "full"' in order[1] and '"warmup": "full"' not in order[0]
+    # only c02 and c07 finished: they keep their numbers; a configuration no suite declares comes after
+    extra = json.dumps({"iterations": 3}, sort_keys=True)
+    labels = _config_labels("meca", [order[6], order[1], extra], order)
+    assert labels[order[1]][0] == "c02" and labels[order[6]][0] == "c07" and labels[extra][0] == "c11"
+    assert "warmup=full" in labels[order[1]][1]

@@ -193,9 +193,31 @@ def _is_evaluation_cell(target, seed) -> bool:
     return t in EVALUATION_TARGETS or int(seed) in EVALUATION_SEEDS
 
 
-def _config_labels(defense: str, keys: list[str]) -> dict[str, tuple[str, str]]:
-    """``{params_key: (id, description)}``: ids c01, c02, ... (the defaults first, then by how
-    many parameters differ), descriptions as the parameters that differ from the defaults."""
+def suite_order(defense: str, suites: set[str]) -> list[str]:
+    """The parameter keys of ``defense``'s entries in the shipped ``suites``, in the order the suite
+    files declare them (so that c01, c02, ... are the numbers the suite's comments use); suites that
+    are not shipped (or no longer load) contribute nothing."""
+    from bench.suite import expand, load_suite
+
+    order: list[str] = []
+    for name in sorted(s for s in suites if isinstance(s, str) and s):
+        try:
+            specs = expand(load_suite(name))
+        except Exception:  # noqa: BLE001 - a results folder of a suite this checkout does not ship
+            continue
+        for spec in specs:
+            if spec.defense == defense:
+                key = _params_key(_resolved_params(defense, spec.defense_params))
+                if key not in order:
+                    order.append(key)
+    return order
+
+
+def _config_labels(defense: str, keys: list[str], order: list[str] = ()) -> dict[str, tuple[str, str]]:
+    """``{params_key: (id, description)}``: ids c01, c02, ... in the suite's declaration ``order``
+    where given (the numbers its comments use, stable while runs are missing), then the others (the
+    defaults first, then by how many parameters differ); descriptions as the parameters that differ
+    from the defaults."""
     from bench.reports.tidy import default_params_key
 
     default = json.loads(default_params_key(base_name(defense)) or "{}")
@@ -205,11 +227,14 @@ def _config_labels(defense: str, keys: list[str]) -> dict[str, tuple[str, str]]:
         return {k: v for k, v in sorted(params.items())
                 if json.dumps(default.get(k, "?"), default=str) != json.dumps(v, default=str)}
 
-    ordered = sorted(keys, key=lambda k: (len(changed(k)), json.dumps(changed(k), default=str)))
+    rest = sorted((k for k in keys if k not in order),
+                  key=lambda k: (len(changed(k)), json.dumps(changed(k), default=str)))
+    ordered = [*order, *rest]
     out = {}
     for i, key in enumerate(ordered, 1):
-        diff = changed(key)
-        out[key] = (f"c{i:02d}", ", ".join(f"{k}={v}" for k, v in diff.items()) or "defaults")
+        if key in keys:
+            diff = changed(key)
+            out[key] = (f"c{i:02d}", ", ".join(f"{k}={v}" for k, v in diff.items()) or "defaults")
     return out
 
 
@@ -318,7 +343,7 @@ def development_table(runs: list[dict], failed: pd.DataFrame) -> tuple[pd.DataFr
         mine = [r for r in runs if r["row"]["defense"] == defense]
         fails = failed[failed["defense"] == defense] if len(failed) else failed
         keys = sorted({r["params_key"] for r in mine} | set(fails.get("params_key", pd.Series(dtype=str))))
-        names = _config_labels(defense, keys)
+        names = _config_labels(defense, keys, suite_order(defense, {r["row"].get("suite") for r in mine}))
         for key in sorted(keys, key=lambda k: names[k][0]):
             cid, desc = names[key]
             group = [r for r in mine if r["params_key"] == key]
