@@ -224,6 +224,18 @@ def forbid_training(monkeypatch):
     monkeypatch.setattr(engine, "fit", refuse)
 
 
+def check_refuses_more_than_the_target_class(name, bundle, monkeypatch):
+    """A clean-label attack that poisons target-class images only refuses, before any training, a
+    ratio above the target class's share of the training set."""
+    from bench.attack import AttackConfigError
+
+    forbid_training(monkeypatch)
+    y = bundle.train.y
+    max_ratio = (y == TARGET).sum().item() / len(y)
+    with pytest.raises(AttackConfigError, match="holds only"):
+        ATTACKS.create(name).check(10, y, bundle.image_shape, max_ratio + 0.02)
+
+
 def poison_with(name, bundle, ctx, ratio, **params):
     """Check and poison the bundle's training set with ``name`` (generator seed 7): (attack, output)."""
     attack = ATTACKS.create(name, **params)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.attack import AttackConfigError
 from bench.registry import ATTACKS, ParamsError
 
 from conftest import (TARGET, attack_context as make_ctx, check_clean_label_rules as clean_label_rules,
+                     check_refuses_more_than_the_target_class as refuses_more_than_the_target_class,
                      forbid_training as no_training, poison_with as poison)
 
 NARC = {"trigger_epochs": 20}
@@ -26,11 +26,7 @@ def test_bad_params_refused(params, msg):
 
 
 def test_bad_cells_refused_before_training(digits16, monkeypatch):
-    no_training(monkeypatch)
-    y = digits16.train.y
-    max_ratio = (y == TARGET).sum().item() / len(y)
-    with pytest.raises(AttackConfigError, match="holds only"):
-        ATTACKS.create("narcissus").check(10, y, digits16.image_shape, max_ratio + 0.02)
+    refuses_more_than_the_target_class("narcissus", digits16, monkeypatch)
 
 
 def test_narcissus_counts_bounds_cache_and_seed(digits16, tmp_path, monkeypatch):
