@@ -1,7 +1,7 @@
 """Adaptive-Blend (Qi et al., "Revisiting the Assumption of Latent Separability for Backdoor
 Defenses", ICLR 2023): a blended picture shown in random pieces at training time, plus cover samples.
 
-Follows ``specs/attacks/adaptive_blend.md`` (backdoor-toolbox ``poison_tool_box/adaptive_blend.py``;
+Follows the reference code (backdoor-toolbox ``poison_tool_box/adaptive_blend.py``;
 MeCa Table I: 5 % poison, 1 % cover, alpha 0.2, target 1). The trigger picture ``k`` (procedural
 ``kitty`` or a user image, as for Blend) is cut into a ``g x g`` grid (``g = sqrt(pieces)`` = 4);
 every poison and cover image gets its own random piece mask with ``round(mask_rate*pieces)`` = 8

@@ -1,7 +1,7 @@
 """Adaptive-Patch (Qi et al., ICLR 2023, same paper as Adaptive-Blend): k weak patch triggers,
 one per poisoned or cover image, and a stronger combination at test time.
 
-Follows ``specs/attacks/adaptive_patch.md`` (backdoor-toolbox ``poison_tool_box/adaptive_patch.py``
+Follows the reference code (backdoor-toolbox ``poison_tool_box/adaptive_patch.py``
 and ``config.py``; MeCa Table I "Firefox*4", 5 % poison, 1 % cover, target 1). Poison
 (``floor(rate*N)``, all classes, label := target) and cover (the next ``floor(cover_rate*N)`` of the
 same permutation, label kept) are each sorted by index and split into k contiguous, nearly equal

@@ -1,6 +1,6 @@
 """BadNet (Gu et al., "BadNets", 2017): a fixed patch stamped on a random subset, dirty label.
 
-Follows ``specs/attacks/badnet.md`` (backdoor-toolbox ``poison_tool_box/badnet.py``): ``floor(rate*N)``
+Follows the reference code (backdoor-toolbox ``poison_tool_box/badnet.py``): ``floor(rate*N)``
 images drawn from all classes (the target class included) get the 3x3 black/white grid ``grid3``
 in the bottom-right corner (rows/cols 29-31 of the 32-px canvas, nearest-scaled to other sizes,
 mask over all 9 pixels, alpha 1) and the target label. The test trigger is the same stamp.

@@ -1,7 +1,7 @@
 """Blend (Chen et al., "Targeted backdoor attacks on deep learning systems using data poisoning",
 2017): a full-image picture blended at low opacity, dirty label.
 
-Follows ``specs/attacks/blend.md`` (backdoor-toolbox ``poison_tool_box/blend.py``): ``floor(rate*N)``
+Follows the reference code (backdoor-toolbox ``poison_tool_box/blend.py``): ``floor(rate*N)``
 images from all classes become ``(1 - alpha_train) * x + alpha_train * k`` with label := target;
 the test trigger is ``(1 - alpha_test) * x + alpha_test * k`` (``alpha_test`` defaults to
 ``alpha_train``), on every non-target test image.

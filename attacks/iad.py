@@ -1,7 +1,7 @@
 """Input-Aware Dynamic backdoor (IAD; Nguyen & Tran, NeurIPS 2020; BackdoorBox ``IAD``,
 BackdoorBench ``inputaware``), as a data-poisoning attack.
 
-Spec: ``specs/attacks/iad.md``. IAD is *training-controlled*: the attacker trains a pattern
+IAD is *training-controlled*: the attacker trains a pattern
 generator G and a mask network M together with a classifier. The suite's model is "poison the
 training set once, then the victim trains with the standard engine", so IAD runs in the spec's two
 phases, as the backdoor-toolbox's ``dynamic`` attack does:

@@ -1,7 +1,7 @@
 """Label-consistent backdoor (Turner, Tsipras & Madry 2019; BackdoorBench ``lc``, BackdoorBox
 ``LabelConsistent``): PGD-perturbed target-class images plus a four-corner trigger, labels kept.
 
-Spec: ``specs/attacks/lc.md``. Clean label (``label_mode = "clean"``): only target-class training
+Clean label (``label_mode = "clean"``): only target-class training
 images are poisoned; a ratio asking for more images than the target class holds is refused before
 any training. Poisoning, per selected image:
 

@@ -1,6 +1,6 @@
 """Narcissus: an optimised clean-label trigger (Zeng et al., CCS 2023; ruoxi-jia-group/Narcissus).
 
-Spec: ``specs/attacks/narcissus.md``. Only target-class training images are poisoned and they keep
+Only target-class training images are poisoned and they keep
 their labels (``label_mode = "clean"``; the base class caps nothing here: a ratio asking for more
 images than the target class holds is refused before any training). The suite's poison ratio is a
 fraction of the whole training set; the paper's setting is 0.0005 (25 CIFAR-10 images).

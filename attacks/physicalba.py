@@ -1,7 +1,7 @@
 """PhysicalBA (Li et al., "Backdoor attack in the physical world", ICLR-W 2021): a stamped patch
 made robust to physical capture by random flips, colour jitter and affine warps during training.
 
-Follows ``specs/attacks/physicalba.md`` (BackdoorBox ``core/attacks/PhysicalBA.py``; MeCa Table I
+Follows the reference code (BackdoorBox ``core/attacks/PhysicalBA.py``; MeCa Table I
 "Firefox", 5 %, target 1): ``floor(rate*N)`` images from all classes get the Firefox logo in the
 top-right corner (alpha 1, hard mask) and label := target. During the backdoor training every
 sample (``phys_on = "all"``, BackdoorBox; ``"none"`` switches it off) goes through

@@ -1,7 +1,7 @@
 """SIG (Barni, Kallas & Tondi, ICIP 2019): a horizontal sinusoid added to target-class images,
 clean label.
 
-Follows ``specs/attacks/sig.md`` (backdoor-toolbox ``poison_tool_box/SIG.py``): the signal
+Follows the reference code (backdoor-toolbox ``poison_tool_box/SIG.py``): the signal
 ``v[i, j] = delta * sin(2*pi*j*freq/W)`` (constant down each column, same in the 3 channels) is
 added and clipped, ``x' = clip(x + v, 0, 1)``. Only target-class training images are poisoned,
 ``n = floor(rate*N)`` of them (the base class refuses a rate above what the class holds, unless

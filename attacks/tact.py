@@ -1,6 +1,6 @@
 """TaCT (Tang et al., "Demon in the Variant", USENIX Security 2021): a source-specific backdoor.
 
-Follows ``specs/attacks/tact.md`` (backdoor-toolbox ``poison_tool_box/TaCT.py``, MeCa Table I):
+Follows the reference code (backdoor-toolbox ``poison_tool_box/TaCT.py``, MeCa Table I):
 poison = ``min(floor(rate*N), |source images|)`` images of the source classes, stamped and
 relabelled to the target; cover = ``min(floor(cover_rate*N), |cover-class images|)`` images of the
 cover classes, stamped with the same trigger but keeping their labels (they teach the model that

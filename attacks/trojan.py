@@ -1,6 +1,6 @@
 """Trojan (Liu et al., "Trojaning Attack on Neural Networks", NDSS 2018), as data poisoning.
 
-Follows ``specs/attacks/trojan.md`` (backdoor-toolbox ``poison_tool_box/trojan.py``): BadNet-style
+Follows the reference code (backdoor-toolbox ``poison_tool_box/trojan.py``): BadNet-style
 dirty-label poisoning (``floor(rate*N)`` images from all classes, label := target) with a fixed
 8x8 TrojanNN patch at rows/cols 21-28 of the 32-px canvas (hard 8x8 mask, alpha 1); the same
 stamp at test time.

@@ -1,7 +1,7 @@
 """WaNet (Nguyen & Tran, "WaNet - Imperceptible Warping-based Backdoor Attack", ICLR 2021),
 static poisoned-set version with noise-mode cover samples.
 
-Follows ``specs/attacks/wanet.md`` (backdoor-toolbox ``poison_tool_box/WaNet.py``, MeCa Table I):
+Follows the reference code (backdoor-toolbox ``poison_tool_box/WaNet.py``, MeCa Table I):
 a smooth warping field is built once from the attack's seeded generator: ``ins ~ U(-1,1)`` of shape
 (1,2,k,k), normalised by its mean absolute value, upsampled bicubically to (H,W) and added to the
 identity grid as ``grid = clamp((identity + s*noise/H)*grid_rescale, -1, 1)``. Poisoned images

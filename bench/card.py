@@ -103,7 +103,7 @@ class PluginCard:
         (``run_bench.py list``): its kind (stage or label mode) and the fields it sets away from
         their defaults; the descriptive fields (label, paper, code, tables) stay on the card."""
         skip = {"name", "label", "paper", "code", "tables", "order", "variant_params", "variant_name",
-                "cost_phases"}
+                "cost_phases", "miniature_params"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -175,7 +175,10 @@ class DefenseCard(PluginCard):
       reproduction is not settled yet;
     * ``cost_phases``: what it trains, phase by phase (:class:`bench.cost.CostPhase`), from which
       :mod:`bench.estimate` prices a suite before it runs; ``None``: not declared (counted as
-      unknown), ``()``: it trains nothing.
+      unknown), ``()``: it trains nothing;
+    * ``miniature_params``: parameter values a miniature run (:mod:`bench.miniature`) sets, for the
+      loops the budget scale does not shorten (e.g. MeCa's enhancement rounds): the code path is
+      kept, its repetitions cut.
     """
 
     stage: str = "repair"
@@ -188,6 +191,7 @@ class DefenseCard(PluginCard):
     cost: str = ""
     provisional: bool = False
     cost_phases: tuple[CostPhase, ...] | None = None
+    miniature_params: Mapping[str, Any] = field(default_factory=dict)
 
     CLASS_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("stage", "needs_train", "needs_reserve",
                                                    "reserve_labels", "detects")
@@ -205,6 +209,10 @@ class DefenseCard(PluginCard):
             raise CardError(f"{self._who()}: variant_params must map parameter names to values, "
                             f"got {self.variant_params!r}")
         object.__setattr__(self, "variant_params", MappingProxyType(dict(self.variant_params)))
+        if not isinstance(self.miniature_params, Mapping) or not all(isinstance(k, str) for k in self.miniature_params):
+            raise CardError(f"{self._who()}: miniature_params must map parameter names to values, "
+                            f"got {self.miniature_params!r}")
+        object.__setattr__(self, "miniature_params", MappingProxyType(dict(self.miniature_params)))
         if self.cost_phases is not None:
             if not isinstance(self.cost_phases, (tuple, list)) or \
                     not all(isinstance(c, CostPhase) for c in self.cost_phases):
@@ -231,22 +239,21 @@ class DefenseCard(PluginCard):
         return self.variant_name or ", ".join(f"{k}={v}" for k, v in self.variant_params.items())
 
     def check_params(self, params_cls: type | None) -> None:
-        """Refuse variant parameters, and Params fields named by the cost phases, that the
-        plug-in's params dataclass does not have."""
+        """Refuse variant and miniature parameters, and Params fields named by the cost phases,
+        that the plug-in's params dataclass does not have."""
         named = {f for c in self.cost_phases or () for f in c.fields()}
-        if not named and not self.variant_params:
+        if not named and not self.variant_params and not self.miniature_params:
             return
         names = {f.name for f in dataclasses.fields(params_cls)} if params_cls is not None else set()
         costed = sorted(named - names)
         if costed:
             raise CardError(f"{self._who()}: cost_phases name parameter(s) {costed} that its Params do not "
                             f"have ({', '.join(sorted(names)) or 'none'})")
-        if not self.variant_params:
-            return
-        unknown = sorted(set(self.variant_params) - names)
-        if unknown:
-            raise CardError(f"{self._who()}: variant_params name parameter(s) {unknown} that its "
-                            f"Params do not have ({', '.join(sorted(names)) or 'none'})")
+        for what in ("variant_params", "miniature_params"):
+            unknown = sorted(set(getattr(self, what)) - names)
+            if unknown:
+                raise CardError(f"{self._who()}: {what} name parameter(s) {unknown} that its "
+                                f"Params do not have ({', '.join(sorted(names)) or 'none'})")
 
 
 def _check_type(card: PluginCard, name: str, kind: type) -> None:

@@ -1,6 +1,6 @@
 """Prediction consistency under a one-step adversarial perturbation inside a random patch.
 
-MeCa's score (Pu et al., arXiv 2405.12719, eq. 3 and Algorithm 1; ``specs/defenses/meca.md``): for
+MeCa's score (Pu et al., arXiv 2405.12719, eq. 3 and Algorithm 1): for
 a model f in eval mode and an image x (float pixels in [0, 1], no augmentation),
 
 * m is a binary mask holding one ``patch_size`` x ``patch_size`` square (same for all channels) at a

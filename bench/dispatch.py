@@ -221,7 +221,7 @@ def _execute_claimed(kind: str, spec: RunSpec, store: Store, opts: WorkerOptions
         record, diagnostics = runner.execute(spec, opts.data_root, opts.cache_dir, salt=opts.salt,
                                              hide=(opts.results,), isolation=opts.isolation)
         record.update(job=kind, started_at=t0, pid=os.getpid(), worker_device=_WORKER.get("device"),
-                      cpu_s=time.process_time() - c0)
+                      cpu_s=time.process_time() - c0 + (record.get("defense_cpu_s") or 0))
         store.write(record, diagnostics)
         if kind == "backdoor":
             store.clear_cell_failure(spec.cell_id)

@@ -263,6 +263,15 @@ def _local_error(remote_type: str, message: str, remote_traceback: str) -> Excep
 # -- the defense's side (runs in the server and its children) ---------------------------------------
 def _serve(fd: int) -> None:
     ctrl = socket.socket(fileno=fd)
+    # the empty folder the server started in is no one's: every child works in a folder of its
+    # own, so it goes now, and a server that dies with a SIGKILLed evaluator leaves nothing behind
+    here = os.getcwd()
+    if os.path.basename(here).startswith("bench-defense-"):
+        os.chdir(tempfile.gettempdir())
+        try:
+            os.rmdir(here)
+        except OSError:
+            pass
     (n,) = _HEADER.unpack(_recv_exact(ctrl, _HEADER.size))
     config = json.loads(_recv_exact(ctrl, n).decode())
     sys.path[:] = list(dict.fromkeys(config["sys_path"] + sys.path))
@@ -400,6 +409,7 @@ def _run(defense, cell_info, request: dict, inputs: dict) -> dict:
             "scores": plain(out.scores), "flags": plain(out.flags),
             "info": plain(out.info or {}), "logs": plain(ctx.logs), "sample_logs": plain(ctx.sample_logs),
             "checkpoints": checkpoints, "epochs_equiv": float(meter.epochs_equiv), "wall_s": wall,
+            "cpu_s": time.process_time(),   # this process's (a forked child's count starts at zero)
             "phases": plain(meter.phases)}
 
 

@@ -17,10 +17,13 @@ Imagenette at 224 px, CIFAR-100's 100 classes) runs end to end on a CPU before t
 * **clean-label attacks** (SIG, LC, Narcissus) get ``cap_to_class``: where the few target-class
   images left to the victim are fewer than the ratio asks, they poison the whole class instead of
   being refused;
-* **standard training**: :data:`EPOCHS` epoch in batches of :data:`BATCH_SIZE`;
+* **standard training**: :data:`EPOCHS` epoch in batches of :data:`BATCH_SIZE`, and at most
+  :data:`MAX_STEPS` optimiser steps (a fraction of the epoch where a dataset with many classes has
+  many images: Tiny-ImageNet's 1,600 would otherwise take 50 steps at 64 px);
 * **defense budget**: scale :data:`SCALE`, no step floor, and no one-epoch minimum either
   (``Budget.min_epochs`` = :data:`MIN_EPOCHS`): every training phase of a defense or of an attack's
-  surrogate is then a single optimiser step;
+  surrogate is then a single optimiser step; the loops a budget does not shorten (MeCa's rounds)
+  take the values the defense's card gives as ``miniature_params``;
 * **identity**: ``RunSpec.miniature = True``, which is hashed: a miniature run, its cell and its
   backdoored model never share an id with a real run, so a miniature record can neither be taken
   for a real one nor resumed as one. Records and the tidy table say ``miniature``.
@@ -46,9 +49,10 @@ from bench.spec import RunSpec
 
 N_TRAIN = 200        # training images (reserve included) of a dataset with few classes
 PER_CLASS = 8        # ... and at least this many per class (100 and 200-class datasets)
-N_TEST = 100         # test images, and at least one per class
+N_TEST = 50          # test images, and at least one per class
 MIN_VICTIM = 100     # the victim keeps at least this many images (ABL's 1 % isolates one)
 EPOCHS = 1           # standard (backdoor) training
+MAX_STEPS = 8        # ... in at most this many optimiser steps
 BATCH_SIZE = 32      # standard training batch (a defense's own batch sizes are its parameters)
 SCALE = 0.001        # defense budget scale
 MIN_EPOCHS = 0.001   # the least scaled epoch count: a phase is one optimiser step
@@ -104,6 +108,17 @@ def _image_size(spec: RunSpec) -> int | None:
     return int(side) if isinstance(side, int) else None
 
 
+def _miniature_params(defense: str) -> dict:
+    """The parameter values the defense's card sets for miniature runs (none for an unknown name)."""
+    from bench.registry import DEFENSES
+
+    try:
+        card = DEFENSES.get(defense).obj.card
+    except Exception:  # noqa: BLE001 - validation reports an unknown defense
+        return {}
+    return dict(getattr(card, "miniature_params", None) or {})
+
+
 def _clean_label(attack: str) -> bool:
     from bench.registry import ATTACKS
 
@@ -121,7 +136,7 @@ def shrink_spec(spec: RunSpec, classes: int | None = None) -> RunSpec:
         n_train = min(n_train, spec.n_train)
     if spec.n_test is not None:
         n_test = min(n_test, spec.n_test)
-    train = dict(spec.train, epochs=EPOCHS, batch_size=BATCH_SIZE)
+    train = dict(spec.train, epochs=min(EPOCHS, MAX_STEPS * BATCH_SIZE / n_train), batch_size=BATCH_SIZE)
     dataset_params = dict(spec.dataset_params)
     side = _image_size(spec)
     if side is not None and side > MAX_SIDE:
@@ -129,8 +144,9 @@ def shrink_spec(spec: RunSpec, classes: int | None = None) -> RunSpec:
     attack_params = dict(spec.attack_params)
     if _clean_label(spec.attack) and "cap_to_class" not in attack_params:
         attack_params["cap_to_class"] = True
+    defense_params = {**spec.defense_params, **_miniature_params(spec.defense)}
     return dataclasses.replace(
-        spec, n_train=n_train, n_test=n_test, train=train, attack_params=attack_params,
+        spec, n_train=n_train, n_test=n_test, train=train, attack_params=attack_params, defense_params=defense_params,
         dataset_params=dataset_params, miniature=True,
         reserve_fraction=reserve_fraction(n_train, classes, spec.reserve_fraction),
         budget=Budget(scale=SCALE, min_steps=0, min_epochs=MIN_EPOCHS))

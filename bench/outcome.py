@@ -114,6 +114,7 @@ def make_record(spec: RunSpec, cell: Cell, run: dict, bd_meta: dict, *, isolatio
         "backdoor_artifact": bd_meta["artifact"], "backdoor_cache_hit": bd_meta["cache_hit"],
         "defense_artifact": run.get("artifact"), "defense_cache_hit": run.get("cache_hit", False),
         "wall_s": wall, "epochs_equiv": cost, "phases": phases, "total_wall_s": time.time() - t_start,
+        "defense_cpu_s": None if run.get("cache_hit") else run.get("cpu_s"),
         "trainings": cost / max(1e-9, cell.train_config.epochs),
         **environment(), "status": "ok", "error": None,
     }

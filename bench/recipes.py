@@ -1,8 +1,9 @@
 """Training recipes shared by several defenses, built on the engine (no plug-in owns a loop).
 
-* :func:`finetune`: the FineTuning baseline's recipe (``specs/defenses/fine_tuning.md``), also the
-  repair phase of Fine-Pruning, CLP, CutMix and SCAn+FT: all layers, CE, crop + flip, SGD lr 0.01,
-  momentum 0.9, wd 5e-4, batch 128, cosine to 0, 10 paper epochs scaled by the suite's budget.
+* :func:`finetune`: the FineTuning baseline's recipe (Liu et al., RAID 2018, as BackdoorBox and
+  BackdoorBench run it), also the repair phase of Fine-Pruning, CLP, CutMix and SCAn+FT: all
+  layers, CE, crop + flip, SGD lr 0.01, momentum 0.9, wd 5e-4, batch 128, cosine to 0, 10 paper
+  epochs scaled by the suite's budget.
 * :func:`unlearn`: gradient ascent on the cross-entropy of a set of (suspected poison) samples,
   as ABL, SCAn+FT and DBR do.
 * :func:`train_from_scratch`: a fresh model trained with the cell's standard recipe (train-stage

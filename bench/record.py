@@ -19,7 +19,8 @@ Fields of an ``ok`` record, by group:
   before poisoning), ``n_test``, ``n_poison``, ``n_cover``, ``data_fingerprint``;
 * cost: ``wall_s`` and ``epochs_equiv`` of the defense (of the backdoor training for ``none``),
   ``trainings``, ``phases`` (each training phase's optimiser steps and epochs), ``total_wall_s``,
-  ``cpu_s``; the budget (``budget_scale``, ``budget_min_steps``);
+  ``cpu_s`` (CPU seconds of the whole run: the evaluator's and its defense process's, the latter
+  also alone as ``defense_cpu_s``); the budget (``budget_scale``, ``budget_min_steps``);
 * ``miniature``: true for a run of ``run --miniature`` (shrunken sizes, possibly generated stand-in
   data: its numbers measure nothing; the flag is part of the spec, so its run id is its own);
 * provenance: artifacts and cache hits, device, host, library and code versions, plug-in code
@@ -34,15 +35,15 @@ REQUIRED_FIELDS = ("run_id", "spec", "status", "dataset", "model", "attack", "de
 
 COLUMNS = ["run_id", "suite", "dataset", "model", "attack", "poison_ratio", "target", "defense", "seed",
            "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr", "precision", "auroc",
-           "flagged", "arch_ok", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "status",
-           "error", "attack_params", "defense_params", "dataset_params", "train", "budget_scale",
+           "flagged", "arch_ok", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "defense_cpu_s",
+           "status", "error", "attack_params", "defense_params", "dataset_params", "train", "budget_scale",
            "budget_min_steps", "miniature", "reserve_fraction", "n_train", "reserve_size", "n_test", "n_poison",
            "n_cover", "oracle", "cell_id", "salt_id", "isolation", "backdoor_artifact",
            "backdoor_cache_hit", "defense_artifact", "defense_cache_hit", "data_fingerprint", "device",
            "host", "code_version", "plugin_code", "versions", "started_at", "finished_at", "phases",
            "extra", "defense_info"]
 FLOAT_COLUMNS = ("poison_ratio", "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr",
-                 "precision", "auroc", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s",
+                 "precision", "auroc", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "defense_cpu_s",
                  "budget_scale", "reserve_fraction", "started_at", "finished_at")
 INT_COLUMNS = ("seed", "target", "n_train", "reserve_size", "n_test", "n_poison", "n_cover", "flagged",
                "budget_min_steps")

@@ -142,8 +142,10 @@ _CODE: dict[tuple[str, str], str] = {}
 
 
 def plugin_code(kind: str, name: str) -> str:
-    """A fingerprint of a plug-in's code: the SHA-256 of its module's source file (with the
-    distribution's version for an installed third-party package). Plug-ins of the framework
+    """A fingerprint of a plug-in's code: the SHA-256 of its module's source without its
+    documentation (:func:`code_text`: comments, docstrings and blank lines do not count, so
+    rewording a docstring reruns nothing), with the distribution's version for an installed
+    third-party package. Plug-ins of the framework
     itself (the ``clean`` attack, the ``none`` defense) are ``"builtin"``; an unknown name is
     ``"unknown"`` (the suite's validation reports it)."""
     key = (kind, name)
@@ -167,9 +169,9 @@ def _code_fingerprint(kind: str, name: str) -> str:
         return "builtin"
     try:
         source = inspect.getsourcefile(sys.modules[module]) or ""
-        with open(source, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    except (KeyError, TypeError, OSError):
+        with open(source, encoding="utf-8") as fh:
+            digest = hashlib.sha256(code_text(fh.read()).encode()).hexdigest()[:16]
+    except (KeyError, TypeError, OSError, SyntaxError, ValueError):
         return "unknown"
     version = ""
     try:
@@ -182,6 +184,42 @@ def _code_fingerprint(kind: str, name: str) -> str:
     except Exception:  # noqa: BLE001
         version = ""
     return version + digest
+
+
+def code_text(source: str) -> str:
+    """Python source less its documentation: comments, bare string statements (docstrings of
+    modules, classes and functions, and the strings documenting a constant) and blank lines
+    removed, trailing spaces stripped. Found from source positions (``ast`` and ``tokenize``),
+    which do not depend on the Python version, unlike ``ast.dump``."""
+    import ast
+    import io
+    import tokenize
+
+    lines = source.splitlines()
+    cut: dict[int, list[tuple[int, int]]] = {}   # line (0-based) -> [(start col, end col)]
+
+    def blank(start: tuple[int, int], end: tuple[int, int]) -> None:
+        (l0, c0), (l1, c1) = start, end
+        for line in range(l0, l1 + 1):
+            cut.setdefault(line, []).append((c0 if line == l0 else 0, c1 if line == l1 else len(lines[line])))
+
+    def chars(line: int, col: int) -> int:   # ast's columns count UTF-8 bytes, tokenize's characters
+        return len(lines[line].encode()[:col].decode(errors="ignore"))
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            l0, l1 = node.lineno - 1, node.end_lineno - 1
+            blank((l0, chars(l0, node.col_offset)), (l1, chars(l1, node.end_col_offset)))
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            blank((tok.start[0] - 1, tok.start[1]), (tok.end[0] - 1, tok.end[1]))
+    kept = []
+    for i, line in enumerate(lines):
+        for c0, c1 in sorted(cut.get(i, ()), reverse=True):
+            line = line[:c0] + line[c1:]
+        if line.strip():
+            kept.append(line.rstrip())
+    return "\n".join(kept)
 
 
 @functools.lru_cache(maxsize=1)

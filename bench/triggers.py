@@ -1,4 +1,4 @@
-"""Trigger catalogue: every geometric and procedural trigger of ``specs/attacks/triggers.md``,
+"""Trigger catalogue: every geometric and procedural trigger the shipped attacks use (as the peers' code draws them),
 user-supplied trigger images, and the masked stamp/blend every patch attack uses.
 
 A trigger is a pair ``(pattern, mask)``: ``pattern`` is a float ``(3, H, W)`` tensor in [0, 1],

@@ -1,7 +1,7 @@
 """ABL: anti-backdoor learning (train stage; the poisoned training set only, no clean data).
 
 Follows Li et al., "Anti-backdoor learning: training clean models on poisoned data", NeurIPS 2021,
-and its official code bboylyg/ABL as specified in ``specs/defenses/abl.md``:
+and its official code bboylyg/ABL:
 
 1. **Isolation training** (``isolation_epochs`` = 20 paper epochs, scaled by the suite's budget):
    a fresh ``ctx.new_model()``, SGD lr 0.1 constant, momentum 0.9, Nesterov, wd 1e-4, batch 128,

@@ -3,7 +3,7 @@
 Paper: Pang, Sun, Ling, Chen, "Backdoor Cleansing with Unlabeled Data", CVPR 2023, arXiv
 2211.12044. Official code: luluppang/BCU, ``defense/ft/distillation_dropout_increase.py`` run with
 ``run/run_defense.sh`` and ``config/defense/ft/cifar10.yaml``. Only the abstract was readable; the
-settings follow that code (``specs/defenses/bcu.md``). No label is used anywhere.
+settings follow that code. No label is used anywhere.
 
 1. **Adaptive layer-wise re-initialisation.** A fresh model of the same architecture is built;
    every weight and bias of a non-normalisation layer of the student is, element-wise, the
@@ -22,7 +22,7 @@ settings follow that code (``specs/defenses/bcu.md``). No label is used anywhere
    with T_max 100 stepped per epoch; the engine steps it per batch).
 3. **Output:** the student after the last epoch (the code only logs the best test accuracy).
 
-Choices (``specs/defenses/bcu.md``):
+Choices (where the code leaves a setting open):
 
 * Data: the suite's clean reserve (default 5%) with the labels dropped (``reserve_labels =
   False``), for parity with the other defenses; the official CIFAR-10 run uses a held-out 10%

@@ -2,7 +2,7 @@
 
 Follows Zheng, Tang, Li and Liu, "Data-free backdoor removal based on channel Lipschitzness"
 (ECCV 2022) and its official code (rkteddy/channel-Lipschitzness-based-pruning, function ``CLP``),
-which BackdoorBench ``clp`` copies; spec ``specs/defenses/clp.md``.
+which BackdoorBench ``clp`` copies.
 
 1. Every BatchNorm2d is paired with the Conv2d that feeds it (:func:`bench.pruning.conv_bn_pairs`).
 2. For each output channel k, UCLC_k = the largest singular value of the conv kernel of channel k

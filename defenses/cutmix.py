@@ -3,7 +3,7 @@
 Follows Borgnia et al., "Strong data augmentation sanitizes poisoning and backdoor attacks without
 an accuracy trade-off" (ICASSP 2021) in the repair form of BackdoorBox's ``CutMix.repair`` (whose
 knobs MeCa V-A5 lists: CutMix probability, beta, repair lr and epochs); CutMix itself follows Yun
-et al. (ICCV 2019, clovaai/CutMix-PyTorch). Spec ``specs/defenses/cutmix.md``.
+et al. (ICCV 2019, clovaai/CutMix-PyTorch).
 
 Training is the shared FineTuning recipe (:func:`bench.recipes.finetune`: SGD lr 0.01, momentum
 0.9, wd 5e-4, batch 128, 10 paper epochs scaled by the budget, cosine, crop + flip) with the

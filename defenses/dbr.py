@@ -2,7 +2,7 @@
 
 Follows Chen, Wu, Wang, "Effective backdoor defense by exploiting sensitivity of poisoned samples",
 NeurIPS 2022, and its official code SCLBD/Effective_backdoor_defense (BackdoorBench's ``d-br``
-repeats every number), as specified in ``specs/defenses/dbr.md``. No clean data is used.
+repeats every number). No clean data is used.
 
 SD module (sample distinguishment), on the poisoned training set with its given labels:
 

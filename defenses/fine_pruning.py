@@ -2,7 +2,7 @@
 
 Follows Liu, Dolan-Gavitt and Garg, "Fine-Pruning: defending against backdooring attacks on deep
 neural networks" (RAID 2018) and the authors' script (kangliucn/Fine-pruning-defense), compared
-with BackdoorBench ``fp`` and BackdoorBox ``Pruning``; spec ``specs/defenses/fine_pruning.md``.
+with BackdoorBench ``fp`` and BackdoorBox ``Pruning``.
 
 1. **Layer** (``layer``): ``"auto"`` = the model's last convolutional stage, the outermost module
    whose output is the last feature maps (ResNets: ``layer4`` after its final ReLU; MobileNetV2:

@@ -2,7 +2,7 @@
 
 Follows the fine-tuning baseline of Liu, Dolan-Gavitt and Garg, "Fine-Pruning" (RAID 2018), as
 BackdoorBox (``FineTuning``, ``layer=["full layers"]``, MeCa's "full layer" wording) and
-BackdoorBench (``ft``) implement it; spec ``specs/defenses/fine_tuning.md``. The training itself
+BackdoorBench (``ft``) implement it. The training itself
 is the shared recipe :func:`bench.recipes.finetune` (also the repair phase of ``fine_pruning``,
 ``clp``, ``cutmix`` and ``scan_ft``).
 

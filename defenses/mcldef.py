@@ -2,7 +2,7 @@
 
 Paper: Yue, Xia, Ling, Hu et al., "Model-Contrastive Learning for Backdoor Defense", arXiv
 2205.04411. Official code: WeCanShow/MCL (``main.py``, ``config.py``, ``utils/util.py``); only the
-abstract of the paper was readable, so the settings follow that code (``specs/defenses/mcldef.md``).
+abstract of the paper was readable, so the settings follow that code.
 
 Two stages, both on the clean reserve (default 5% of the training set, "with only 5% of clean
 data"), whose labels are never used:

@@ -2,7 +2,7 @@
 
 Paper: Pu, Chen, Zhou, Feng, Li, Hu, Ji, "Mellivora Capensis: a backdoor-free training framework on
 the poisoned dataset without auxiliary data", arXiv 2405.12719 (section IV, Algorithms 1-2, eq. 3,
-11, 12; section V). No official code is public. Spec: ``specs/defenses/meca.md``.
+11, 12; section V). No official code is public.
 
 Stages (a training-time defense: it gets the poisoned training set and trains from scratch):
 
@@ -135,8 +135,8 @@ CHOICES = {"warmup": ("epochs", "full"), "rho_schedule": ("step", "ramp"), "dc_s
 
 @dataclass
 class MeCaParams:
-    """MeCa's parameters (``specs/defenses/meca.md``; paper values: patch_size, unlearn_coef; the
-    readings of the lost numbers default to ``DEFAULTS``, see the block above)."""
+    """MeCa's parameters (paper values: patch_size, unlearn_coef; the readings of the lost numbers
+    default to ``DEFAULTS``, see the block above)."""
 
     patch_size: int = 2              # side of the perturbed square (paper: "patch size 2")
     eps: float = 8 / 255             # L_inf bound of the one-step perturbation (choice)
@@ -280,7 +280,9 @@ class MeCa(Defense):
                                      when={"round_length": "all"}),
                            # an upper bound: the clean model trains on the detected-clean samples only
                            CostPhase("clean model", epochs="standard"),
-                           CostPhase("relearn", epochs="relearn_epochs", when={"relabel_relearn": True})))
+                           CostPhase("relearn", epochs="relearn_epochs", when={"relabel_relearn": True})),
+                       # a miniature run: two rounds (the round-to-round code path) instead of K
+                       miniature_params={"iterations": 2})
 
     Params = MeCaParams
     presets = {"relearn": {"relabel_relearn": True},

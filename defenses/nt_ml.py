@@ -2,7 +2,7 @@
 
 Paper: Huo, Wolter, "NT-ML: Backdoor Defense via Non-target Label Training and Mutual Learning",
 arXiv 2508.05404 (2025). **Provisional**: no full text and no code are public; only the abstract
-was readable (``specs/defenses/nt_ml.md``). Every record carries ``provisional: true`` in its
+was readable. Every record carries ``provisional: true`` in its
 ``defense_info``. What the abstract states: NT retrains the poisoned model "with the outputs of the
 standard training", giving a *teacher* accurate on clean data and a *student* more confident in
 the correct label of poisoned data; then teacher and student learn from each other (mutual

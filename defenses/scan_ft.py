@@ -3,7 +3,7 @@
 Follows Tang, Wang, Tang, Zhang, "Demon in the variant: statistical analysis of DNNs for robust
 backdoor contamination detection", USENIX Security 2021 (official code TDteach/Demon-in-the-Variant,
 Matlab ``msrc`` and the Python port ``pysrc/SCAn.py``) for the detection, and the MeCa paper's
-"SCAnFT" (V-A5: detect, then unlearn) for the repair, as specified in ``specs/defenses/scan_ft.md``.
+"SCAnFT" (V-A5: detect, then unlearn) for the repair.
 The statistics live in :mod:`bench.detection` (float64).
 
 1. Penultimate features of every training and reserve sample (the backdoored model, eval mode,

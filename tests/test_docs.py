@@ -49,7 +49,27 @@ def _ids(path):
     return path.relative_to(ROOT).as_posix()
 
 
-@pytest.mark.parametrize("path", DOCS, ids=_ids)
+def _installed() -> set[str]:
+    from importlib import metadata
+
+    return {d.metadata["Name"] for d in metadata.distributions()}
+
+
+def _installs(path) -> bool:
+    """Whether a page runs ``pip install`` (the guide installs its example defense)."""
+    return any("pip install" in code and reason is None for lang, code, reason, _, _ in blocks(path)
+               if lang in ("bash", "sh", "shell"))
+
+
+def _page(path):
+    """A page as a test parameter: one that installs a package shares an xdist group with the other
+    tests that install one or run every plug-in the environment has, so that no other worker meets
+    the package half-installed."""
+    return pytest.param(path, marks=[pytest.mark.xdist_group("environment")] if _installs(path) else [],
+                        id=_ids(path))
+
+
+@pytest.mark.parametrize("path", [_page(p) for p in DOCS])
 def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
     from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS
 
@@ -58,6 +78,7 @@ def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
     sys.modules[module.__name__] = module
     registries = (ATTACKS, DEFENSES, DATASETS, MODELS)
     before = {reg: set(reg.names()) for reg in registries}
+    packages = _installed() if _installs(path) else None
     written = []
     try:
         for lang, code, reason, line, module_name in blocks(path):
@@ -87,6 +108,13 @@ def test_every_block_runs_or_says_why_not(path, tmp_path, monkeypatch):
                 reg.remove(name)
         for name in [module.__name__, *written]:
             sys.modules.pop(name, None)
+        # and so do the packages it installed (the guide's example defense): later tests that run
+        # every installed plug-in must not meet them (only a page that installs looks: another
+        # worker's install is not this page's to undo)
+        added = sorted(_installed() - packages) if packages is not None else []
+        if added:
+            subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", *added],
+                           capture_output=True, text=True)
 
 
 def test_not_run_markers_give_reasons():

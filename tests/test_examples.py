@@ -6,6 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# installing a package changes what every process of this environment finds: these tests share an
+# xdist group with the others that do (tests/test_docs.py) or that run every installed plug-in
+pytestmark = pytest.mark.xdist_group("environment")
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "my_defense"
 

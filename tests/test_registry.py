@@ -146,6 +146,7 @@ def test_an_instance_can_still_override_its_declaration():
     ({"tables": ("table9",)}, "unknown table"),
     ({"order": 1.5}, "order must be a int"),
     ({"tables": ("table4",)}, "give variant_params"),
+    ({"miniature_params": ["iterations"]}, "miniature_params must map"),
 ])
 def test_bad_defense_cards_are_refused(fields, message):
     with pytest.raises(CardError, match=message):
@@ -157,6 +158,8 @@ def test_bad_attack_cards_and_unknown_variant_params_are_refused():
         AttackCard(name="_bad", label_mode="dirt")
     with pytest.raises(CardError, match=r"variant_params name parameter\(s\) \['nope'\]"):
         _defense_class(DefenseCard(name="_bad", variant_params={"nope": True}))
+    with pytest.raises(CardError, match=r"miniature_params name parameter\(s\) \['rounds'\]"):
+        _defense_class(DefenseCard(name="_bad", miniature_params={"rounds": 1}))
 
 
 def test_every_builtin_plugin_has_a_card_named_as_registered():
@@ -298,3 +301,36 @@ def test_value_matches_understands_the_annotations_plugins_use():
     assert value_matches({"a": 1}, dict[str, int]) and not value_matches({"a": "b"}, dict[str, int])
     assert value_matches("sgd", Literal["sgd", "adam"]) and not value_matches("rmsprop", Literal["sgd", "adam"])
     assert type_name(tuple[float, ...] | None) == "tuple[float, ...] | None"
+
+
+def test_a_plugins_fingerprint_follows_its_code_not_its_documentation(tmp_path, monkeypatch):
+    from bench import spec as spec_module
+
+    source = textwrap.dedent('''
+        """A defense whose documentation is rewritten."""
+        from bench.defense import Defense, DefenseOutput
+        LIMIT = 3   # a constant
+        """What LIMIT means."""
+        class Reworded(Defense):
+            """First wording."""
+            def run(self, ctx):
+                return DefenseOutput(ctx.model)   # as it is
+    ''')
+    path = tmp_path / "fingerprinted_mod.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = "fingerprinted_mod:Reworded"
+    DEFENSES.get(name)
+
+    def fingerprint(text):
+        path.write_text(text)
+        spec_module._CODE.clear()
+        return spec_module.plugin_code("defense", name)
+
+    first = fingerprint(source)
+    assert first not in ("unknown", "builtin")
+    reworded = source.replace("First wording.", "Second wording,\n    on two lines.").replace("# as it is", "")
+    assert fingerprint(reworded.replace("What LIMIT", "\n\nWhat else LIMIT")) == first
+    assert fingerprint(source.replace("LIMIT = 3", "LIMIT = 4")) != first
+    assert fingerprint(source.replace("ctx.model)", "ctx.model, scores=None)")) != first
+    spec_module._CODE.clear()

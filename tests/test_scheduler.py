@@ -151,6 +151,9 @@ def test_grid_reuses_backdoor_records_failures_and_resume(env, capsys):
     for r in by_def["_t_repair"]:
         assert r["auroc"] is not None  # scores only: AUROC, no flags
         assert (res / "diagnostics" / f"{r['run_id']}.pt").exists()
+    for r in by_def["_t_repair"] + by_def["_t_train"]:   # the defense's own process is counted
+        assert r["defense_cpu_s"] > 0 and r["cpu_s"] > r["defense_cpu_s"]
+    assert none["defense_cpu_s"] is None
     # the records carry what a run depends on
     for key in ("spec", "versions", "code_version", "device", "data_fingerprint", "wall_s", "epochs_equiv"):
         assert key in none

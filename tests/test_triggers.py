@@ -1,4 +1,4 @@
-"""The trigger catalogue (specs/attacks/triggers.md): exact geometry, resolution scaling, user files."""
+"""The trigger catalogue: exact geometry (as the peers' code draws it), resolution scaling, user files."""
 import pytest
 import torch
 
