@@ -284,3 +284,20 @@ def test_paper_comparison_puts_each_cifar10_cell_beside_the_papers_value(tidy):
     assert nodef["ACC gap"] == pytest.approx(80.0 - 84.50) and nodef["gap > 10"] == ""
     assert not ((cmp.attack == "BadNet") & (cmp.defense == "CLP")).any()   # failed run: not measured
     assert paper_comparison(normalise(tidy.assign(dataset="digits"))).empty
+
+
+def test_a_broken_model_is_marked_in_the_tables_and_kept_off_the_pareto_front(tidy, tmp_path):
+    """A cell whose defended ACC is more than 10 points below no defense's is marked † in the paper
+    tables, the heatmaps and the scatter, whose Pareto front leaves it out however low its ASR."""
+    from bench.reports.figures import heatmaps, scatter_acc_asr
+
+    df = normalise(pd.concat([tidy, pd.DataFrame([_row("z", "blend", "fine_pruning", 0.30, 0.00)])],
+                             ignore_index=True))
+    t = attack_defense_table(df, "Table II", "t", ["badnet", "blend"], ["none", "fine_tuning", "fine_pruning"])
+    # the fixture's Blend rows compare with a no-defense ACC of 0.90: FineTuning's 0.78 is 12 points below
+    assert t.broken == {(("CIFAR10", "Blend"), "FinePruning"), (("CIFAR10", "Blend"), "FineTuning")}
+    md = t.markdown()
+    assert "30.00†" in md and "78.00†" in md and "† = broken model" in md and "87.00 ± 1.41†" not in md
+    assert heatmaps(df, tmp_path) and scatter_acc_asr(df, tmp_path)
+    clean = attack_defense_table(normalise(tidy), "Table II", "t", ["badnet"], ["none", "fine_tuning"])
+    assert not clean.broken and "†" not in clean.markdown()

@@ -7,6 +7,9 @@
 (the defense these three draw is the one whose card lists ``fig4``, ``fig6``, ``fig7``);
 * ``heatmap_asr`` / ``heatmap_acc_drop``: attack x defense;
 * ``scatter_acc_asr``: ACC vs ASR per defense with the Pareto front;
+
+(a cell or defense whose model is broken, :func:`bench.reports.audit.broken`, is marked † in the
+heatmaps and the scatter, and left off the Pareto front);
 * ``asr_vs_ratio``: ASR against the poison ratio, one line per defense;
 * ``roc``: detection ROC curves of defenses that score training samples.
 
@@ -27,6 +30,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from bench.card import NO_DEFENSE  # noqa: E402
 from bench.files import load_data  # noqa: E402
+from bench.reports import audit  # noqa: E402
 from bench.reports.tidy import featured_defense, is_variant, label, one_variant_per_defense  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
@@ -141,14 +145,23 @@ def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
         if pivot.empty:
             continue
         pivot = pivot[sorted(pivot.columns, key=lambda c: (c != nodef, c))]   # No Defense first
+        means = sel.groupby(["A", "D"])[["acc", "acc_nodef"]].mean()
+        bad = audit.broken(means)
+        text = pivot.apply(lambda col: [("" if math.isnan(v) else f"{v:.0f}")
+                                        + (BROKEN_SIGN if bad.get((a, col.name), False) else "")
+                                        for a, v in col.items()])
         fig, ax = plt.subplots(figsize=(1.0 + 0.8 * pivot.shape[1], 0.9 + 0.5 * pivot.shape[0]))
-        sns.heatmap(pivot, annot=True, fmt=".0f", cmap=cmap, cbar_kws={"label": title}, ax=ax, linewidths=0.5)
+        sns.heatmap(pivot, annot=text, fmt="", cmap=cmap, cbar_kws={"label": title}, ax=ax, linewidths=0.5)
         ax.grid(False)
         ax.set_xlabel("defense")
         ax.set_ylabel("attack")
-        ax.set_title(title)
+        ax.set_title(title + (f"  ({BROKEN_SIGN} {_BROKEN_NOTE})" if bad.any() else ""), fontsize=10)
         paths += _save(fig, out, stem)
     return paths
+
+
+BROKEN_SIGN = "†"
+_BROKEN_NOTE = f"{audit.BROKEN_MARK}: ACC > {audit.MAX_ACC_DROP * 100:g} points below no defense"
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -165,27 +178,32 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     sel = one_variant_per_defense(df[df["poison_ratio"] > 0])
     if sel.empty:
         return []
-    g = sel.groupby("defense").agg(acc=("acc", "mean"), asr=("asr", "mean")).dropna()
+    g = sel.groupby("defense").agg(acc=("acc", "mean"), asr=("asr", "mean"), acc_nodef=("acc_nodef", "mean"))
+    g = g.dropna(subset=["acc", "asr"])
     if g.empty:
         return []
-    g = g * 100
+    bad = audit.broken(g)
+    g = g[["acc", "asr"]] * 100
     fig, ax = plt.subplots(figsize=(7, 5))
-    names = [label("defense", d) for d in g.index]
+    names = [label("defense", d) + (f" {BROKEN_SIGN}" if bad[d] else "") for d in g.index]
     # distinct colours and markers: a dozen defenses must stay tellable apart where they cluster
     sns.scatterplot(x=g["asr"], y=g["acc"], hue=names, style=names, s=90, ax=ax,
                     palette=sns.color_palette("tab20", len(names)))
-    front = g.iloc[pareto_front(g[["acc", "asr"]].to_numpy())].sort_values("asr")
+    usable = g[~bad]   # a broken model is never on the front, however low its ASR
+    front = usable.iloc[pareto_front(usable[["acc", "asr"]].to_numpy())].sort_values("asr")
     ax.plot(front["asr"], front["acc"], "k--", lw=1, label="Pareto front")
     placed: list[tuple[float, float]] = []
     for name, r in g.sort_values("acc").iterrows():   # label a point only where labels do not collide
         if all(abs(r["asr"] - a) > 6 or abs(r["acc"] - c) > 2.5 for a, c in placed):
-            ax.annotate(label("defense", name), (r["asr"], r["acc"]), fontsize=8, xytext=(4, 4),
+            ax.annotate(label("defense", name) + (f" {BROKEN_SIGN}" if bad[name] else ""), (r["asr"], r["acc"]),
+                        fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
             placed.append((r["asr"], r["acc"]))
     ax.set_xlabel("mean ASR (%)  ← better")
     ax.set_ylabel("mean clean ACC (%)  ↑ better")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_title("ACC vs ASR per defense (mean over attacked cells)")
+    ax.set_title("ACC vs ASR per defense (mean over attacked cells)"
+                 + (f"\n{BROKEN_SIGN} {_BROKEN_NOTE}; not on the front" if bad.any() else ""), fontsize=10)
     return _save(fig, out, "scatter_acc_asr")
 
 

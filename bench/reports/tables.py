@@ -21,12 +21,14 @@ import numpy as np
 import pandas as pd
 
 from bench.card import NO_DEFENSE
+from bench.reports import audit
 from bench.reports.tidy import (at_main_budget, card, featured_defense, fmt, in_order, is_variant, label,
                                 main_budget_scale, main_model, mean_std, members, one_variant_per_defense,
                                 variant_label)
 
 DATASET_ORDER = ["imagenette", "cifar10", "cifar100", "tinyimagenet"]
 METRICS = ("acc", "asr")
+BROKEN_SIGN = "†"   # beside the ACC of a cell whose defended model is broken (bench.reports.audit)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Table:
     rows: list[tuple]                         # row labels
     columns: list[str]                        # column-group labels
     cells: dict = field(default_factory=dict)  # (row, column, metric) -> (mean, std, n)
+    broken: set = field(default_factory=set)   # (row, column) whose mean ACC is a broken model's
 
     # -- numbers ----------------------------------------------------------------------------------
     def mean(self, row, column, metric) -> float:
@@ -61,13 +64,17 @@ class Table:
     def text_rows(self) -> list[list[str]]:
         lines = []
         for row in self.rows:
-            cells = [fmt(*self.cells.get((row, c, m), (math.nan, math.nan, 0))) for c in self.columns for m in METRICS]
+            cells = [fmt(*self.cells.get((row, c, m), (math.nan, math.nan, 0)))
+                     + (BROKEN_SIGN if m == "acc" and (row, c) in self.broken else "")
+                     for c in self.columns for m in METRICS]
             lines.append([*row, *cells])
         return lines
 
     def markdown(self) -> str:
         head = self.header()
-        out = [f"**{self.name}.** {self.caption} (n = {self.seeds()} seed(s) per cell; — = not run)", "",
+        note = f"; {BROKEN_SIGN} = {audit.BROKEN_MARK}: ACC more than " \
+               f"{audit.MAX_ACC_DROP * 100:g} points below no defense" if self.broken else ""
+        out = [f"**{self.name}.** {self.caption} (n = {self.seeds()} seed(s) per cell; — = not run{note})", "",
                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
         return "\n".join(out) + "\n"
@@ -104,6 +111,15 @@ def _cells(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, c
         for m in METRICS:
             cells[(row, col_names[columns.index(col)], m)] = mean_std(part[m])
     return cells
+
+
+def _broken(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, col_names: list[str]) -> set:
+    """The (row, column) cells whose mean ACC is more than the audit's margin below no defense's."""
+    if "acc_nodef" not in df.columns or df.empty:
+        return set()
+    means = df.groupby(row_cols + [col_col])[["acc", "acc_nodef"]].mean()
+    return {(tuple(key[:-1]), col_names[columns.index(key[-1])])
+            for key, bad in audit.broken(means).items() if bad and key[-1] in columns}
 
 
 def _add_averages(table: Table, group_level: int = 0) -> Table:
@@ -160,6 +176,7 @@ def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: lis
     table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {poison_ratio:g})",
                   ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "defense", defenses, cols, rows)
+    table.broken = _broken(sel, ["_d", "_a"], "defense", defenses, cols)
     return _add_averages(table)
 
 
@@ -188,6 +205,7 @@ def variant_table(df: pd.DataFrame, poison_ratio: float = 0.05, defense: str | N
                   f"({', '.join(f'{k}={v}' for k, v in (found.variant_params if found else {}).items())}; "
                   f"{label('model', model or '?')})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
+    table.broken = _broken(sel, ["_d", "_a"], "_v", cols, cols)
     return _add_averages(table)
 
 
@@ -226,6 +244,7 @@ def variants_table(df: pd.DataFrame, poison_ratio: float = 0.05) -> Table:
     table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
                   f"poison ratio {poison_ratio:g})", ["Dataset", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
+    table.broken = _broken(sel, ["_d", "_a"], "_v", cols, cols)
     return _add_averages(table)
 
 
@@ -243,6 +262,7 @@ def poison_ratio_table(df: pd.DataFrame, poison_ratios=(0.10, 0.15, 0.20), defen
     table = Table("Table V", f"{label('defense', defense or '?')} under poison ratios {', '.join(cols)} "
                   f"({label('model', model or '?')})", ["Attack"], rows, cols)
     table.cells = _cells(sel, ["_a"], "_r", cols, cols, rows)
+    table.broken = _broken(sel, ["_a"], "_r", cols, cols)
     return _add_averages(table)
 
 
@@ -259,6 +279,7 @@ def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: s
     rows = [(label("attack", a),) for a in in_order("attack", sel["attack"])]
     table = Table("Table VI", f"No defense and {label('defense', defense or '?')} on other models", ["Attack"], rows, cols)
     table.cells = _cells(sel, ["_a"], "_c", cols, cols, rows)
+    table.broken = _broken(sel, ["_a"], "_c", cols, cols)
     return _add_averages(table)
 
 
@@ -279,6 +300,7 @@ def clean_vs_poisoned_table(df: pd.DataFrame, defense: str | None = None, poison
     table = Table("Table VII", f"Poisoned (ratio {poison_ratio:g}) vs clean data, without and with "
                   f"{label('defense', defense or '?')} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
     table.cells = _cells(sel, ["_data", "_a"], "_c", cols, cols, rows)
+    table.broken = _broken(sel, ["_data", "_a"], "_c", cols, cols)
     return _add_averages(table)
 
 
