@@ -1,7 +1,6 @@
 """Shared fixtures: small generated data, a private cache folder, one CPU thread a test process."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -17,7 +16,9 @@ TEST_SALT = "tests-fixed-salt-0123456789abcdef"
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache and data roots (nothing leaks between tests)."""
+    """Every test gets its own cache and data roots (nothing leaks between tests), and one thread
+    again (an in-process suite run sets the torch threads to its worker's share of the cores)."""
+    torch.set_num_threads(1)
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
     # one fixed evaluator salt: tests draw the same reserve and poison in every run (a results

@@ -142,7 +142,12 @@ def test_every_shipped_suite_runs_in_miniature(group, tmp_path, monkeypatch, cap
     from bench.cli import main
     from bench.store import Store
 
+    from bench import dispatch
+
     monkeypatch.setenv("BENCH_NO_DOWNLOAD", "1")
+    # one in-process worker on one thread: the groups run side by side on pytest-xdist's workers,
+    # and a worker given every core would oversubscribe them (measured: 466 s instead of 214 s)
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 1)
     results = tmp_path / "results"
     args = ["--results", str(results), "--data-root", str(tmp_path / "no-data"), "--no-progress", "--workers", "1"]
     order = sorted(GROUPS[group], key=lambda n: n != "smoke")   # smoke first: the README's suite
