@@ -32,7 +32,7 @@ def _axes(specs):
 
     shrunk = {"cap_to_class", "image_size"}
     for name in DEFENSES.names():
-        shrunk |= set(getattr(getattr(DEFENSES.get(name).obj, "card", None), "miniature_params", None) or ())
+        shrunk |= set(miniature._miniature_params(name))
     named = lambda n, p: n + json.dumps({k: v for k, v in p.items() if k not in shrunk}, sort_keys=True)  # noqa: E731
     return {(s.dataset, named("", s.dataset_params), s.model, named(s.attack, s.attack_params),
              named(s.defense, s.defense_params), s.poison_ratio, s.seed) for s in specs}

@@ -38,6 +38,8 @@ ZERO_COST_WALL_S = 1.0     # audit: "no time"
 MAX_ACC_DROP = 0.10        # broken model: ACC more than this below the cell's no-defense ACC
 EPS = 1e-9                 # rates are sums of 1/n: compare with a tolerance, not bit for bit
 BROKEN_MARK = "broken model"
+BROKEN_SIGN = "†"          # beside a broken model's number in the paper tables and the figures
+BROKEN_NOTE = f"{BROKEN_MARK}: ACC more than {MAX_ACC_DROP * 100:g} points below no defense"
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:

@@ -7,11 +7,11 @@
 (the defense these three draw is the one whose card lists ``fig4``, ``fig6``, ``fig7``);
 * ``heatmap_asr`` / ``heatmap_acc_drop``: attack x defense;
 * ``scatter_acc_asr``: ACC vs ASR per defense with the Pareto front;
-
-(a cell or defense whose model is broken, :func:`bench.reports.audit.broken`, is marked † in the
-heatmaps and the scatter, and left off the Pareto front);
 * ``asr_vs_ratio``: ASR against the poison ratio, one line per defense;
 * ``roc``: detection ROC curves of defenses that score training samples.
+
+A cell or defense whose model is broken (:func:`bench.reports.audit.broken`) is marked † in the
+heatmaps and the scatter, and left off the Pareto front.
 
 Per-sample data come from the diagnostics files the scheduler writes beside the records
 (``diagnostics/<run_id>.pt``); everything else from the tidy table.
@@ -148,20 +148,16 @@ def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
         means = sel.groupby(["A", "D"])[["acc", "acc_nodef"]].mean()
         bad = audit.broken(means)
         text = pivot.apply(lambda col: [("" if math.isnan(v) else f"{v:.0f}")
-                                        + (BROKEN_SIGN if bad.get((a, col.name), False) else "")
+                                        + (audit.BROKEN_SIGN if bad.get((a, col.name), False) else "")
                                         for a, v in col.items()])
         fig, ax = plt.subplots(figsize=(1.0 + 0.8 * pivot.shape[1], 0.9 + 0.5 * pivot.shape[0]))
         sns.heatmap(pivot, annot=text, fmt="", cmap=cmap, cbar_kws={"label": title}, ax=ax, linewidths=0.5)
         ax.grid(False)
         ax.set_xlabel("defense")
         ax.set_ylabel("attack")
-        ax.set_title(title + (f"  ({BROKEN_SIGN} {_BROKEN_NOTE})" if bad.any() else ""), fontsize=10)
+        ax.set_title(title + (f"  ({audit.BROKEN_SIGN} {audit.BROKEN_NOTE})" if bad.any() else ""), fontsize=10)
         paths += _save(fig, out, stem)
     return paths
-
-
-BROKEN_SIGN = "†"
-_BROKEN_NOTE = f"{audit.BROKEN_MARK}: ACC > {audit.MAX_ACC_DROP * 100:g} points below no defense"
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -185,7 +181,7 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     bad = audit.broken(g)
     g = g[["acc", "asr"]] * 100
     fig, ax = plt.subplots(figsize=(7, 5))
-    names = [label("defense", d) + (f" {BROKEN_SIGN}" if bad[d] else "") for d in g.index]
+    names = [label("defense", d) + (f" {audit.BROKEN_SIGN}" if bad[d] else "") for d in g.index]
     # distinct colours and markers: a dozen defenses must stay tellable apart where they cluster
     sns.scatterplot(x=g["asr"], y=g["acc"], hue=names, style=names, s=90, ax=ax,
                     palette=sns.color_palette("tab20", len(names)))
@@ -195,7 +191,7 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     placed: list[tuple[float, float]] = []
     for name, r in g.sort_values("acc").iterrows():   # label a point only where labels do not collide
         if all(abs(r["asr"] - a) > 6 or abs(r["acc"] - c) > 2.5 for a, c in placed):
-            ax.annotate(label("defense", name) + (f" {BROKEN_SIGN}" if bad[name] else ""), (r["asr"], r["acc"]),
+            ax.annotate(label("defense", name) + (f" {audit.BROKEN_SIGN}" if bad[name] else ""), (r["asr"], r["acc"]),
                         fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
             placed.append((r["asr"], r["acc"]))
@@ -203,7 +199,7 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_ylabel("mean clean ACC (%)  ↑ better")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title("ACC vs ASR per defense (mean over attacked cells)"
-                 + (f"\n{BROKEN_SIGN} {_BROKEN_NOTE}; not on the front" if bad.any() else ""), fontsize=10)
+                 + (f"\n{audit.BROKEN_SIGN} {audit.BROKEN_NOTE}; not on the front" if bad.any() else ""), fontsize=10)
     return _save(fig, out, "scatter_acc_asr")
 
 

@@ -28,7 +28,6 @@ from bench.reports.tidy import (at_main_budget, card, featured_defense, fmt, in_
 
 DATASET_ORDER = ["imagenette", "cifar10", "cifar100", "tinyimagenet"]
 METRICS = ("acc", "asr")
-BROKEN_SIGN = "†"   # beside the ACC of a cell whose defended model is broken (bench.reports.audit)
 
 
 @dataclass
@@ -65,15 +64,14 @@ class Table:
         lines = []
         for row in self.rows:
             cells = [fmt(*self.cells.get((row, c, m), (math.nan, math.nan, 0)))
-                     + (BROKEN_SIGN if m == "acc" and (row, c) in self.broken else "")
+                     + (audit.BROKEN_SIGN if m == "acc" and (row, c) in self.broken else "")
                      for c in self.columns for m in METRICS]
             lines.append([*row, *cells])
         return lines
 
     def markdown(self) -> str:
         head = self.header()
-        note = f"; {BROKEN_SIGN} = {audit.BROKEN_MARK}: ACC more than " \
-               f"{audit.MAX_ACC_DROP * 100:g} points below no defense" if self.broken else ""
+        note = f"; {audit.BROKEN_SIGN} = {audit.BROKEN_NOTE}" if self.broken else ""
         out = [f"**{self.name}.** {self.caption} (n = {self.seeds()} seed(s) per cell; — = not run{note})", "",
                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
@@ -101,8 +99,7 @@ class Table:
         return paths
 
 
-def _cells(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, col_names: list[str],
-           row_order: list[tuple]) -> dict:
+def _cells(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, col_names: list[str]) -> dict:
     cells = {}
     for key, part in df.groupby(row_cols + [col_col]):
         row, col = tuple(key[:-1]), key[-1]
@@ -120,6 +117,14 @@ def _broken(df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list, 
     means = df.groupby(row_cols + [col_col])[["acc", "acc_nodef"]].mean()
     return {(tuple(key[:-1]), col_names[columns.index(key[-1])])
             for key, bad in audit.broken(means).items() if bad and key[-1] in columns}
+
+
+def _fill(table: Table, df: pd.DataFrame, row_cols: list[str], col_col: str, columns: list,
+          col_names: list[str]) -> Table:
+    """The table's cells (mean, std, n per metric) and its broken cells, from the runs in ``df``."""
+    table.cells = _cells(df, row_cols, col_col, columns, col_names)
+    table.broken = _broken(df, row_cols, col_col, columns, col_names)
+    return table
 
 
 def _add_averages(table: Table, group_level: int = 0) -> Table:
@@ -175,8 +180,7 @@ def attack_defense_table(df: pd.DataFrame, name: str, caption: str, attacks: lis
     cols = [label("defense", d) for d in defenses]
     table = Table(name, f"{caption} ({label('model', model or '?')}, poison ratio {poison_ratio:g})",
                   ["Dataset", "Attack"], rows, cols)
-    table.cells = _cells(sel, ["_d", "_a"], "defense", defenses, cols, rows)
-    table.broken = _broken(sel, ["_d", "_a"], "defense", defenses, cols)
+    _fill(table, sel, ["_d", "_a"], "defense", defenses, cols)
     return _add_averages(table)
 
 
@@ -204,8 +208,7 @@ def variant_table(df: pd.DataFrame, poison_ratio: float = 0.05, defense: str | N
     table = Table("Table IV", f"{label('defense', defense or '?')} without and with {short} "
                   f"({', '.join(f'{k}={v}' for k, v in (found.variant_params if found else {}).items())}; "
                   f"{label('model', model or '?')})", ["Dataset", "Attack"], rows, cols)
-    table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
-    table.broken = _broken(sel, ["_d", "_a"], "_v", cols, cols)
+    _fill(table, sel, ["_d", "_a"], "_v", cols, cols)
     return _add_averages(table)
 
 
@@ -243,8 +246,7 @@ def variants_table(df: pd.DataFrame, poison_ratio: float = 0.05) -> Table:
     rows = _dataset_attack_rows(sel, attacks, where=sel["defense"] != NO_DEFENSE)
     table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
                   f"poison ratio {poison_ratio:g})", ["Dataset", "Attack"], rows, cols)
-    table.cells = _cells(sel, ["_d", "_a"], "_v", cols, cols, rows)
-    table.broken = _broken(sel, ["_d", "_a"], "_v", cols, cols)
+    _fill(table, sel, ["_d", "_a"], "_v", cols, cols)
     return _add_averages(table)
 
 
@@ -261,8 +263,7 @@ def poison_ratio_table(df: pd.DataFrame, poison_ratios=(0.10, 0.15, 0.20), defen
     cols = [f"{r * 100:g}%" for r in poison_ratios]
     table = Table("Table V", f"{label('defense', defense or '?')} under poison ratios {', '.join(cols)} "
                   f"({label('model', model or '?')})", ["Attack"], rows, cols)
-    table.cells = _cells(sel, ["_a"], "_r", cols, cols, rows)
-    table.broken = _broken(sel, ["_a"], "_r", cols, cols)
+    _fill(table, sel, ["_a"], "_r", cols, cols)
     return _add_averages(table)
 
 
@@ -278,8 +279,7 @@ def model_table(df: pd.DataFrame, models=("resnet34", "mobilenetv2"), defense: s
     cols = [f"{label('model', m)} {label('defense', d)}" for m in models for d in (NO_DEFENSE, defense) if d]
     rows = [(label("attack", a),) for a in in_order("attack", sel["attack"])]
     table = Table("Table VI", f"No defense and {label('defense', defense or '?')} on other models", ["Attack"], rows, cols)
-    table.cells = _cells(sel, ["_a"], "_c", cols, cols, rows)
-    table.broken = _broken(sel, ["_a"], "_c", cols, cols)
+    _fill(table, sel, ["_a"], "_c", cols, cols)
     return _add_averages(table)
 
 
@@ -299,8 +299,7 @@ def clean_vs_poisoned_table(df: pd.DataFrame, defense: str | None = None, poison
             if ((sel["_data"] == kind) & (sel["attack"] == a)).any()]
     table = Table("Table VII", f"Poisoned (ratio {poison_ratio:g}) vs clean data, without and with "
                   f"{label('defense', defense or '?')} ({label('model', model or '?')})", ["Data", "Attack"], rows, cols)
-    table.cells = _cells(sel, ["_data", "_a"], "_c", cols, cols, rows)
-    table.broken = _broken(sel, ["_data", "_a"], "_c", cols, cols)
+    _fill(table, sel, ["_data", "_a"], "_c", cols, cols)
     return _add_averages(table)
 
 
