@@ -146,11 +146,12 @@ class SCAnFT(Defense):
         suspect_side = [None] * c   # per class: boolean over its training samples (suspect subgroup)
         d_clean = torch.zeros(len(train), dtype=torch.float64)
         d_susp = torch.zeros(len(train), dtype=torch.float64)
+        f_sqrt = detection.psd_sqrt(fmat)   # every class is clustered in the same metric
         for k in range(c):
             tr_idx = (train.y == k).nonzero().flatten()
             rs_idx = (reserve.y == k).nonzero().flatten()
             xk = torch.cat([z_tr[tr_idx], z_res[rs_idx]])
-            g1 = detection.two_means(xk, fmat, gen, p.kmeans_max_iter)
+            g1 = detection.two_means(xk, fmat, gen, p.kmeans_max_iter, f_sqrt=f_sqrt)
             j[k] = detection.scan_class_statistic(xk, g1, su, se, fmat, p.mu_form)
             n_tr = len(tr_idx)
             g1_tr, g1_rs = g1[:n_tr], g1[n_tr:]
