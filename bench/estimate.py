@@ -69,6 +69,7 @@ class JobCost:
     phases: list = field(default_factory=list)
     note: str = ""           # shared / cached / no cost hint
     cell: str = ""           # the cell's model id (groups a backdoor job with its repairs)
+    run_id: str = ""         # the run the job writes (matches the estimate to its measured record)
     seconds_cpu: float | None = None
     seconds_gpu: float | None = None
 
@@ -111,7 +112,7 @@ def job_cost(job, facts: CellFacts) -> JobCost:
     n_victim = facts.n_total - reserve_size(facts.n_total, spec.reserve_fraction)
     _, standard = fit_passes(n_victim, cfg.batch_size, cfg.epochs)
     jc = JobCost(job.kind, job.label, spec.defense, spec.model, facts.image_shape, facts.num_classes,
-                 cfg.batch_size, standard=standard, cell=spec.model_id)
+                 cfg.batch_size, standard=standard, cell=spec.model_id, run_id=spec.run_id)
     if job.kind in ("backdoor", "artifact"):
         jc.phases = [PhaseCost("standard training", math.ceil(standard / max(1, min(cfg.batch_size, n_victim))),
                                standard)]
@@ -290,26 +291,25 @@ class Estimate:
                 "gpu_s": total("seconds_gpu")}
 
     def wall(self, attr: str) -> float | None:
-        """Wall seconds with the workers busy in parallel, but never below the longest chain of
-        dependent jobs (a cell's model, then its longest repair)."""
+        """Wall seconds of the jobs (:func:`wall_time`) from ``attr`` (``seconds_cpu`` with the CPU
+        workers, ``seconds_gpu`` one job at a time); None when a job has no figure."""
         secs = [getattr(j, attr) for j in self.jobs]
         if any(s is None for s in secs):
             return None
         workers = self.workers if attr == "seconds_cpu" else 1
-        chains: dict[str, float] = {}
-        longest_repair: dict[str, float] = {}
-        chain = 0.0
-        for j in self.jobs:
-            s = getattr(j, attr)
-            if j.kind in ("backdoor", "artifact"):
-                chains[j.cell] = chains.get(j.cell, 0.0) + s
-            elif j.kind == "repair":
-                longest_repair[j.cell] = max(longest_repair.get(j.cell, 0.0), s)
-            else:
-                chain = max(chain, s)
-        for cell, s in chains.items():
-            chain = max(chain, s + longest_repair.get(cell, 0.0))
-        return max(sum(secs) / max(1, workers), chain)
+        return wall_time([(j.kind, j.cell, s) for j, s in zip(self.jobs, secs)], workers)
+
+    def to_dict(self) -> dict:
+        """What :func:`save` writes: the totals and each job's estimate, keyed by run id, so that the
+        report can set them beside the measured times (:mod:`bench.reports.estimate_check`)."""
+        return {"suite": self.suite, "created": time.time(), "workers": self.workers, "cores": self.cores,
+                "load": self.load, "wall_cpu_s": self.wall("seconds_cpu"), "wall_gpu_s": self.wall("seconds_gpu"),
+                "calibrations": [{"model": c.model, "image_shape": list(c.image_shape), "batch_size": c.batch_size,
+                                  "threads": c.threads, "images_per_s": c.images_per_s}
+                                 for c in self.calibrations.values()],
+                "jobs": [{"run_id": j.run_id, "kind": j.kind, "label": j.label, "cell": j.cell,
+                          "images": j.images, "cpu_s": j.seconds_cpu, "gpu_s": j.seconds_gpu, "note": j.note}
+                         for j in self.jobs]}
 
     def lines(self) -> list[str]:
         out = [f"cost estimate for suite '{self.suite}' (an estimate, computed before anything runs: "
@@ -321,10 +321,10 @@ class Estimate:
         for r in self.rows():
             empty = not r["jobs"]
             out.append(f"| {r['kind']:11s} | {r['jobs']:5d} | {r['trainings']:9.2f} | {r['images']:15,d} | "
-                       f"{'-' if empty else _fmt(r['cpu_s']):>13s} | {'-' if empty else _fmt(r['gpu_s']):>26s} |")
+                       f"{'-' if empty else format_seconds(r['cpu_s']):>13s} | {'-' if empty else format_seconds(r['gpu_s']):>26s} |")
         cpu_wall, gpu_wall = self.wall("seconds_cpu"), self.wall("seconds_gpu")
-        out.append(f"| {'wall time':11s} | {'':5s} | {'':9s} | {'':15s} | {_fmt(cpu_wall):>13s} | "
-                   f"{_fmt(gpu_wall) if gpu_wall is not None else self._gpu_unknown():>26s} |")
+        out.append(f"| {'wall time':11s} | {'':5s} | {'':9s} | {'':15s} | {format_seconds(cpu_wall):>13s} | "
+                   f"{format_seconds(gpu_wall) if gpu_wall is not None else self._gpu_unknown():>26s} |")
         out.append(f"(time columns: one worker's compute time summed over the jobs; wall time: the CPU's "
                    f"{self.workers} worker(s) in parallel, the GPU one job at a time; never below the longest "
                    f"chain of a model and its longest repair)")
@@ -403,7 +403,7 @@ class Estimate:
                + (f"; {', '.join(sorted(n for n in self.gpu_notes if n))}" if any(self.gpu_notes) else "")]
         jpg = c.get("jobs_per_gpu") or {}
         if gpu_wall is not None and jpg.get("speedup"):
-            out.append(f"- with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about {_fmt(gpu_wall / jpg['speedup'])} "
+            out.append(f"- with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about {format_seconds(gpu_wall / jpg['speedup'])} "
                        f"(the check measured {jpg['speedup']:.2f}x the throughput of one job at a time on "
                        f"{jpg.get('model', '?')})")
         return out
@@ -416,7 +416,27 @@ class Estimate:
         return out
 
 
-def _fmt(seconds: float | None) -> str:
+def wall_time(jobs, workers: int) -> float:
+    """Wall seconds of ``jobs`` (``(kind, cell, seconds)`` triples) with ``workers`` busy in parallel,
+    but never below the longest chain of dependent jobs (a cell's model, then its longest repair)."""
+    chains: dict[str, float] = {}
+    longest_repair: dict[str, float] = {}
+    chain, total = 0.0, 0.0
+    for kind, cell, s in jobs:
+        total += s
+        if kind in ("backdoor", "artifact"):
+            chains[cell] = chains.get(cell, 0.0) + s
+        elif kind == "repair":
+            longest_repair[cell] = max(longest_repair.get(cell, 0.0), s)
+        else:
+            chain = max(chain, s)
+    for cell, s in chains.items():
+        chain = max(chain, s + longest_repair.get(cell, 0.0))
+    return max(total / max(1, workers), chain)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``45s``, ``12m 03s``, ``3h 20m``; ``unknown`` for None."""
     if seconds is None:
         return "unknown"
     s = int(round(seconds))
@@ -482,11 +502,37 @@ def dry_run_lines(suite: str, jobs, *, results, data_root, cache_dir, salt: str 
 
     path = Path(device_check) if device_check else default_device_check(results)
     try:
-        return estimate(suite, jobs, data_root=data_root, cache_dir=cache_dir, salt=salt, workers=workers,
-                        device_check=path).lines()
+        est = estimate(suite, jobs, data_root=data_root, cache_dir=cache_dir, salt=salt, workers=workers,
+                       device_check=path)
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a dry run
         last = traceback.extract_tb(exc.__traceback__)[-1]
         return [f"cost estimate unavailable: {type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})"]
+    lines = est.lines()
+    if est.jobs:
+        try:
+            saved = save(est, results)
+            lines.append(f"estimate saved to {saved}: once these runs finish, `report` sets it beside their "
+                         f"measured times (report/{ESTIMATE_REPORT})")
+        except OSError as exc:
+            lines.append(f"estimate not saved ({exc})")
+    return lines
+
+
+ESTIMATES = "estimates"
+ESTIMATE_REPORT = "estimate_vs_measured.md"
+
+
+def save(est: Estimate, results) -> Path:
+    """Write ``est`` to ``<results>/estimates/<suite>.json`` (a later dry run of the suite replaces
+    it; the report matches its jobs to the records by run id, so a filtered dry run is compared on
+    the runs it covered)."""
+    from bench.files import atomic_write_text
+
+    folder = Path(results) / ESTIMATES
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{Path(str(est.suite)).stem}.json"
+    atomic_write_text(path, json.dumps(est.to_dict(), indent=1))
+    return path
 
 
 def default_device_check(results) -> Path:

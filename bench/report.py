@@ -3,7 +3,9 @@
 Writes ``<results>/report/``: ``table*.{md,tex,csv}`` (the MeCa paper's Tables II-VII and
 extended II/III), figures as PNG and PDF, ``leaderboard.md`` / ``leaderboard.csv``,
 ``ranking_comparison.md`` (the ranking by mean RA beside the old one by mean DER),
-``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value), ``cost.csv``
+``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value),
+``estimate_vs_measured.md`` (a saved dry-run estimate beside the measured times, when the folder
+has one: :mod:`bench.reports.estimate_check`), ``cost.csv``
 and ``index.html`` (a self-contained page with everything). Nothing is typed in:
 delete the folder and run the command again to get the same files.
 """
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from bench.card import NO_DEFENSE
 from bench.files import UnsafeFileError
+from bench.estimate import ESTIMATE_REPORT
+from bench.reports import estimate_check
 from bench.reports import figures as figs
 from bench.reports import html as html_page
 from bench.reports.leaderboard import (add_threshold_arguments, caption, cost_table, leaderboard,
@@ -60,6 +64,10 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
                                              + comparison_markdown(versus_paper))
     versus_paper.to_csv(out / "paper_comparison.csv", index=False)
     written["paper_comparison"] = out / "paper_comparison.md"
+    check = estimate_check.markdown(results, df)
+    if check:
+        (out / ESTIMATE_REPORT).write_text(check)
+        written["estimate_check"] = out / ESTIMATE_REPORT
     cost = cost_table(df)
     cost.to_csv(out / "cost.csv")
     written["figures"] = figs.all_figures(df, results, out) if n_runs else {}
@@ -91,5 +99,7 @@ def main(args) -> int:
     print(f"figures: {', '.join(sorted(written['figures'])) or '(none)'}")
     print(f"leaderboard: {written['leaderboard']} (old ranking beside it: {written['ranking_comparison']})")
     print(f"paper comparison: {written['paper_comparison']}")
+    if written.get("estimate_check"):
+        print(f"estimate vs measured: {written['estimate_check']}")
     print(f"page: {written['html']}")
     return 0

@@ -137,8 +137,42 @@ def test_dry_run_prints_the_estimate(tmp_path, capsys):
     # the job list keeps its form: only job lines start with two spaces (tests and scripts read them)
     kinds = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ")}
     assert kinds == {"backdoor", "train", "repair"}
+    # saved for the report, each job under the run id it will write
+    saved = json.loads((tmp_path / "results" / "estimates" / "est.json").read_text())
+    listed = {ln.split()[-3] for ln in out.splitlines() if ln.startswith("  ")}
+    assert {j["run_id"] for j in saved["jobs"]} == listed and "estimate saved to" in out
     rc = main(["run", "--suite", str(path), "--results", str(tmp_path / "results"), "--dry-run", "--no-estimate"])
     assert "cost estimate" not in capsys.readouterr().out
+
+
+def test_the_report_sets_a_saved_estimate_beside_the_measured_times(tmp_path):
+    import pandas as pd
+
+    from bench.reports import estimate_check
+
+    assert estimate_check.busy_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17   # chunks' gaps left out
+    est = {"suite": "s", "workers": 2, "cores": 2, "load": 0.1, "jobs": [
+        {"run_id": "b", "kind": "backdoor", "cell": "c", "cpu_s": 100.0},
+        {"run_id": "r1", "kind": "repair", "cell": "c", "cpu_s": 10.0},
+        {"run_id": "r2", "kind": "repair", "cell": "c", "cpu_s": 30.0},
+        {"run_id": "r3", "kind": "repair", "cell": "c", "cpu_s": 5.0}]}   # r3 has not run yet
+    records = pd.DataFrame({"run_id": ["b", "r1", "r2", "x"], "status": ["ok"] * 4,
+                            "started_at": [0.0, 150.0, 150.0, 0.0], "finished_at": [150.0, 170.0, 210.0, 1.0]})
+    table, wall = estimate_check.compare(est, records)
+    rows = table.set_index("kind")
+    assert rows.loc["backdoor", "ratio"] == pytest.approx(1.5)
+    assert rows.loc["repair", ["jobs", "measured_jobs"]].tolist() == [3, 2]
+    assert rows.loc["repair", "ratio"] == pytest.approx((20 + 60) / 40)
+    assert rows.loc["total", "measured_s"] == pytest.approx(230)
+    # the estimate's wall for the compared jobs: the model, then its longest repair (the chain)
+    assert wall["estimated_s"] == pytest.approx(130) and wall["measured_s"] == pytest.approx(210)
+    assert not wall["complete"]
+    (tmp_path / "estimates").mkdir()
+    (tmp_path / "estimates" / "s.json").write_text(json.dumps(est))
+    text = estimate_check.markdown(tmp_path, records)
+    assert "## s" in text and "| backdoor | 1 | 1 | 1m 40s | 2m 30s | 1.50 |" in text
+    assert "Not every estimated job has a record yet" in text
+    assert estimate_check.markdown(tmp_path / "none", records) is None
 
 
 @pytest.mark.parametrize("n,batch,epochs,floor", [(100, 32, 1.0, 0), (100, 32, 2.5, 0), (100, 32, 0.3, 0),
