@@ -280,7 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="rerun runs that already have a record")
     g.add_argument("--retry-failed", action="store_true", help="also rerun runs whose record says failed")
-    for axis, what in (("attacks", "names/wildcards"), ("defenses", "names/wildcards"),
+    for axis, what in (("attacks", "names/wildcards"), ("defenses", "names/wildcards (one variant of a defense: its label as the job list "
+                                    "shows it, e.g. 'meca(iterations=8,warmup=full)')"),
                        ("datasets", "names/wildcards"), ("models", "names/wildcards"),
                        ("ratios", "poison ratios"), ("seeds", "seeds")):
         parser.add_argument(f"--{axis}", default=None, help=f"only these {what}, comma-separated")

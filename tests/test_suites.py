@@ -140,6 +140,22 @@ def test_filters_narrow_and_refuse_values_not_in_the_suite(tmp_path):
     assert len(exc.value.problems) == 2
 
 
+def test_a_filter_picks_one_variant_of_a_defense_by_its_label(tmp_path):
+    specs = expand(load_suite(toml(tmp_path, BASE + """
+        attacks = ["badnet"]
+        ratios = [0.05]
+        defenses = ["none", {name = "fine_tuning", params = {epochs = 3, lr = 0.01}},
+                    {name = "fine_tuning", params = {epochs = 5, lr = 0.01}}]
+    """)))
+    assert len(specs) == 3
+    out = apply_filters(specs, defenses="none,fine_tuning(epochs=5,lr=0.01)")   # commas inside the label
+    assert sorted(s.label().split("/")[3] for s in out) == ["fine_tuning(epochs=5,lr=0.01)", "none"]
+    assert len(apply_filters(specs, defenses="fine_tuning(epochs=*)")) == 2
+    assert len(apply_filters(specs, defenses="fine_tuning")) == 2    # the name alone: every variant
+    with pytest.raises(SuiteError, match="did you mean fine_tuning"):
+        apply_filters(specs, defenses="fine_tuning(epochs=4,lr=0.01)")
+
+
 def test_malformed_and_structurally_wrong_suites_list_every_problem(tmp_path):
     with pytest.raises(SuiteError, match="malformed TOML"):
         load_suite(toml(tmp_path, "datasets = [", "m.toml"))

@@ -163,23 +163,45 @@ _NUMBER_FILTERS = (("ratios", "poison_ratio", float), ("seeds", "seed", int))
 
 
 def _split(values: str | Iterable[str] | None) -> list[str]:
+    """Comma-separated items; a comma inside parentheses belongs to its item (a defense variant's
+    label, ``meca(iterations=8,warmup=full)``)."""
     if values is None:
         return []
     if isinstance(values, str):
         values = [values]
-    return [v.strip() for vs in values for v in str(vs).split(",") if v.strip()]
+    items = []
+    for vs in values:
+        depth, start, text = 0, 0, str(vs)
+        for i, ch in enumerate(text + ","):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if ch == "," and depth <= 0:
+                items.append(text[start:i].strip())
+                start, depth = i + 1, 0
+    return [v for v in items if v]
+
+
+def _variant(spec: RunSpec, attr: str) -> str:
+    """The name a filter pattern with parentheses is matched against: for defenses the variant
+    label of :meth:`RunSpec.label` (``meca(iterations=8,warmup=full)``, parameters sorted, the
+    preset left out), for the other axes the name."""
+    return spec.label().split("/")[3] if attr == "defense" else getattr(spec, attr)
 
 
 def _name_filter(specs: list[RunSpec], key: str, attr: str, patterns: list[str],
                  problems: list[str]) -> set[int]:
-    """The positions a name filter keeps; a pattern matching none of the suite's names is a problem."""
-    present = sorted({getattr(s, attr) for s in specs})
+    """The positions a name filter keeps; a pattern matching none of the suite's names is a problem.
+    A pattern with a parenthesis is matched against the variants' labels (one configuration of a
+    defense that a suite runs with several)."""
+    def name(s: RunSpec, p: str) -> str:
+        return _variant(s, attr) if "(" in p else getattr(s, attr)
+
     for p in patterns:
+        present = sorted({name(s, p) for s in specs})
         if not any(fnmatch.fnmatchcase(n, p) for n in present):
             close = difflib.get_close_matches(p, present, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(f"--{key} '{p}' matches none of the suite's {key}{hint}: {', '.join(present)}")
-    return {i for i, s in enumerate(specs) if any(fnmatch.fnmatchcase(getattr(s, attr), p) for p in patterns)}
+    return {i for i, s in enumerate(specs) if any(fnmatch.fnmatchcase(name(s, p), p) for p in patterns)}
 
 
 def _number_filter(specs: list[RunSpec], key: str, attr: str, conv, raw: list[str],
