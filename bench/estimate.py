@@ -17,17 +17,21 @@ clean reserve); a defense job is the sum of the training phases its card declare
 suite's budget, with the budget's step floor), so this module names no plug-in. Work that the
 scheduler shares is counted once: a backdoored model already in the artifact cache or trained by
 another job of the run (clean cells of all attacks share one), and a defense's output on a clean
-cell (computed once per clean model, :func:`bench.runner.clean_defense_id`). Not counted: forward
-passes only (evaluation, feature extraction, pruning searches), an attack's surrogate or
-generator training (named when the suite has such attacks), and defenses that declare no phases
-(named, counted as 0).
+cell (computed once per clean model, :func:`bench.runner.clean_defense_id`). Every job, shared or
+not, also evaluates its model once (the clean and the triggered test images,
+:func:`evaluation_images`). Not counted: a defense's own forward-only passes (feature extraction,
+scoring, pruning searches, its checkpoints' evaluations), each job's start-up, an attack's
+surrogate or generator training (named when the suite has such attacks), and defenses that
+declare no phases (named, counted as 0).
 
-Wall time is an estimate. On the CPU: a few training steps of each of the suite's (model, image
-size, batch) are timed here through the engine with the torch threads a worker will get
-(:func:`calibrate`), and the images are divided by that rate times the workers; the machine's
-load average at that moment is printed, since other processes slow the steps down. On a GPU:
-the engine's images/s for the model that the device check measured on CIFAR-10 (scaled by the
-pixel count for other image sizes).
+Wall time is an estimate. On the CPU: a few training steps and inference batches of each of the
+suite's (model, image size, batch) are timed here through the engine, as many workers side by
+side as the run will have, each with the torch threads it will get (:func:`calibrate`); training
+images are divided by the training rate times the workers, evaluation images by the inference
+rate; the machine's load average at that moment is printed, since other processes slow the steps
+down. On a GPU: the engine's images/s for the model that the device check measured on CIFAR-10
+(scaled by the pixel count for other image sizes), training passes only. ``report`` sets a saved
+estimate beside the measured times (:mod:`bench.reports.estimate_check`).
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class CellFacts:
     n_total: int            # the training subset before the reserve is carved out
     num_classes: int
     image_shape: tuple
+    n_test: int = 0         # the test subset the evaluator scores
 
 
 @dataclass
@@ -64,6 +69,7 @@ class JobCost:
     num_classes: int
     batch_size: int
     images: int = 0          # counted training passes
+    eval_images: int = 0     # forward passes of the evaluator (clean and triggered test images)
     work: float = 0.0        # images x the phases' weights (what time is computed from)
     standard: int = 1        # images of one standard training of the job's cell
     phases: list = field(default_factory=list)
@@ -91,11 +97,11 @@ def cell_facts(spec, data_root, cache_dir) -> CellFacts:
     from bench.datasets import load_dataset
 
     key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True, default=str), spec.n_train,
-           str(data_root), str(cache_dir))
+           spec.n_test, str(data_root), str(cache_dir))
     if key not in _FACTS:
         bundle = load_dataset(spec.dataset, data_root, cache_dir, write_cache=False, **spec.dataset_params)
-        bundle = subset_bundle(bundle, spec.n_train, None, seed=0)
-        _FACTS[key] = CellFacts(len(bundle.train), bundle.num_classes, tuple(bundle.image_shape))
+        bundle = subset_bundle(bundle, spec.n_train, spec.n_test, seed=0)
+        _FACTS[key] = CellFacts(len(bundle.train), bundle.num_classes, tuple(bundle.image_shape), len(bundle.test))
     return _FACTS[key]
 
 
@@ -112,7 +118,8 @@ def job_cost(job, facts: CellFacts) -> JobCost:
     n_victim = facts.n_total - reserve_size(facts.n_total, spec.reserve_fraction)
     _, standard = fit_passes(n_victim, cfg.batch_size, cfg.epochs)
     jc = JobCost(job.kind, job.label, spec.defense, spec.model, facts.image_shape, facts.num_classes,
-                 cfg.batch_size, standard=standard, cell=spec.model_id, run_id=spec.run_id)
+                 cfg.batch_size, standard=standard, cell=spec.model_id, run_id=spec.run_id,
+                 eval_images=evaluation_images(facts))
     if job.kind in ("backdoor", "artifact"):
         jc.phases = [PhaseCost("standard training", math.ceil(standard / max(1, min(cfg.batch_size, n_victim))),
                                standard)]
@@ -132,6 +139,12 @@ def job_cost(job, facts: CellFacts) -> JobCost:
     jc.images = sum(p.images for p in jc.phases)
     jc.work = sum(p.work for p in jc.phases)
     return jc
+
+
+def evaluation_images(facts: CellFacts) -> int:
+    """The images every job's evaluation scores once: the clean test set and its triggered copy
+    (the test images outside the target class; a clean cell is scored with its attack's trigger)."""
+    return facts.n_test + facts.n_test - facts.n_test // max(1, facts.num_classes)
 
 
 def job_costs(jobs, data_root, cache_dir, salt: str | None = None) -> list[JobCost]:
@@ -164,7 +177,8 @@ def job_costs(jobs, data_root, cache_dir, salt: str | None = None) -> list[JobCo
 # -- calibration --------------------------------------------------------------------------------
 @dataclass
 class Calibration:
-    """A measured training rate: ``images_per_s`` of one worker on (model, classes, image, batch)."""
+    """A measured rate: ``images_per_s`` of training and ``forward_images_per_s`` of inference, per
+    worker, on (model, classes, image, batch), with ``workers`` of them timed side by side."""
 
     model: str
     image_shape: tuple
@@ -173,6 +187,8 @@ class Calibration:
     seconds: float
     threads: int
     device: str
+    forward_images_per_s: float | None = None   # inference; None: not measured
+    workers: int = 1                            # timed side by side
 
     @property
     def images_per_s(self) -> float:
@@ -180,13 +196,20 @@ class Calibration:
 
 
 def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, threads: int | None = None,
-              device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
+              workers: int = 1, device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
               max_seconds: float = 5.0) -> Calibration:
     """Time a few training steps of ``model`` through the engine (:func:`bench.engine.fit`, one
     step per call: augmentation, channels-last, optimiser) on random images of ``image_shape``,
     after one warm-up step: at least ``min_steps`` steps and ``min_seconds``, fewer than
-    ``min_steps`` only when they pass ``max_seconds``. The batch is the recipe's, capped at 128 x
+    ``min_steps`` only when they pass ``max_seconds``; then the engine's inference
+    (:func:`bench.engine.predict`) on the same images for about half a second. On the CPU,
+    ``workers`` copies run side by side (one Python thread each, ``threads`` torch threads in all
+    per worker: torch runs the kernels outside the interpreter lock), since workers that share the
+    cores' caches and memory train more slowly than one alone (measured: 14 % on cifar10-cpu-quick's
+    victims); the rate is the mean per worker. The batch is the recipe's, capped at 128 x
     (32 / side)^2 images so that large images stay quick (the per-image rate barely depends on it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from bench import engine
@@ -196,22 +219,26 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
 
     c, h, w = image_shape
     bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
+    side_by_side = max(1, int(workers)) if device == "cpu" else 1
     previous, previous_threads = engine.runtime(), torch.get_num_threads()
     engine.configure(device=device, progress=False)
     if threads:
         torch.set_num_threads(int(threads))
-    try:
-        g = torch.Generator().manual_seed(0)
+
+    def one(index: int) -> tuple[int, float, int, float]:
+        g = torch.Generator().manual_seed(index)
         data = Split(torch.randint(0, 256, (bs, c, h, w), generator=g, dtype=torch.uint8),
                      torch.randint(0, num_classes, (bs,), generator=g))
-        torch.manual_seed(0)
         net = create_model(model, num_classes, h, (0.5,) * c, (0.25,) * c)
         cfg = TrainConfig(epochs=1, batch_size=bs, lr=0.01, schedule="constant")
 
-        def step():
-            engine.fit(net, data, cfg, generator=g, desc="calibration")
+        def sync():
             if engine.device().type == "cuda":
                 torch.cuda.synchronize()
+
+        def step():
+            engine.fit(net, data, cfg, generator=g, desc="calibration")
+            sync()
 
         step()  # warm-up: kernel selection, allocator
         steps, t0 = 0, time.perf_counter()
@@ -221,7 +248,24 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
             elapsed = time.perf_counter() - t0
             if (steps >= min_steps and elapsed >= min_seconds) or elapsed >= max_seconds:
                 break
-        return Calibration(model, tuple(image_shape), bs, steps, elapsed, torch.get_num_threads(), device)
+        forward, t1 = 0, time.perf_counter()
+        while True:
+            engine.predict(net, data)
+            sync()
+            forward += bs
+            if time.perf_counter() - t1 >= min(0.5, max_seconds):
+                break
+        return steps, elapsed, forward, time.perf_counter() - t1
+
+    try:
+        torch.manual_seed(0)
+        with ThreadPoolExecutor(side_by_side) as pool:
+            timed = list(pool.map(one, range(side_by_side)))
+        steps = sum(t[0] for t in timed)
+        per_step = sum(t[1] / t[0] for t in timed) / len(timed)
+        fwd_per_image = sum(t[3] / t[2] for t in timed) / len(timed)
+        return Calibration(model, tuple(image_shape), bs, steps, per_step * steps, torch.get_num_threads(), device,
+                           forward_images_per_s=1.0 / fwd_per_image, workers=side_by_side)
     finally:
         engine.configure(**vars(previous))
         torch.set_num_threads(previous_threads)
@@ -383,13 +427,15 @@ class Estimate:
             f"; load average {self.load:.2f} on {self.cores} core(s) when it started"
             + (" (other processes were running: the CPU figures are pessimistic)"
                if self.load > 0.5 else ""))
-        out = [f"CPU estimate calibrated here: a few training steps of each model timed through the engine "
-               f"on random images of the suite's size, with the torch threads one of {self.workers} worker(s) "
-               f"gets; time = images x phase weight / (rate x workers){load}:"]
+        out = [f"CPU estimate calibrated here: a few training steps and inference batches of each model timed "
+               f"through the engine on random images of the suite's size, {self.workers} worker(s) side by side "
+               f"with the torch threads each gets; time = images x phase weight / (training rate x workers), plus "
+               f"each job's evaluation (clean and triggered test images) at the inference rate{load}:"]
         for cal in self.calibrations.values():
+            fwd = (f", inference {cal.forward_images_per_s:,.0f} images/s" if cal.forward_images_per_s else "")
             out.append(f"- {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
-                       f"{cal.batch_size} in {cal.seconds:.2f} s with {cal.threads} thread(s) = "
-                       f"{cal.images_per_s:,.0f} images/s per worker")
+                       f"{cal.batch_size} with {cal.threads} thread(s), {cal.workers} side by side = training "
+                       f"{cal.images_per_s:,.0f} images/s per worker{fwd}")
         return out
 
     def _gpu_lines(self, gpu_wall) -> list[str]:
@@ -409,8 +455,9 @@ class Estimate:
         return out
 
     def _not_counted_lines(self) -> list[str]:
-        out = ["not counted: forward-only passes (evaluation, scoring, feature extraction) and each job's "
-               "start-up (its processes, loading the data: seconds per job, which dominate a tiny suite)"]
+        out = ["not counted: a defense's own forward-only passes (scoring, feature extraction, the evaluations "
+               "of its checkpoints), each job's start-up (loading the data and the model, poisoning: seconds per "
+               "job, which dominate a tiny suite), and on the GPU the evaluation"]
         if self.surrogate_attacks:
             out.append(f"not counted: the surrogate/generator training of {', '.join(self.surrogate_attacks)}")
         return out
@@ -472,14 +519,20 @@ def estimate(suite: str, jobs, *, data_root, cache_dir, salt: str | None = None,
     est = Estimate(suite, costs, workers, cals, load, cores, check,
                    str(device_check) if device_check is not None else None)
     for jc in costs:
-        if jc.work <= 0:
+        if jc.work <= 0 and not jc.eval_images:
             jc.seconds_cpu = 0.0
             jc.seconds_gpu = 0.0 if check else None
             continue
         key = jc.calibration_key
         if key not in cals:
-            cals[key] = calibrate_fn(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads)
-        jc.seconds_cpu = jc.work / cals[key].images_per_s
+            cals[key] = calibrate_fn(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads,
+                                     workers=workers)
+        cal = cals[key]
+        forward = cal.forward_images_per_s
+        jc.seconds_cpu = jc.work / cal.images_per_s + (jc.eval_images / forward if forward else 0.0)
+        if jc.work <= 0:
+            jc.seconds_gpu = 0.0 if check else None
+            continue
         rate, note = gpu_rate(check, jc.model, jc.image_shape)
         est.gpu_notes.add(note)
         jc.seconds_gpu = None if rate is None else jc.work / rate

@@ -70,9 +70,15 @@ ABL = 3800 + 30 * 377 + 8 * 3
 EXPECTED = {"backdoor": 3 * STANDARD, "artifact": 0, "train": 3 * ABL, "repair": 3 * (FINE_TUNING + DBR)}
 
 
-def _fake_calibration(model, num_classes, image_shape, batch_size, *, threads=None):
+def _fake_calibration(model, num_classes, image_shape, batch_size, *, threads=None, workers=1):
     return Calibration(model, tuple(image_shape), batch_size, steps=10, seconds=10 * batch_size / 500.0,
-                       threads=threads or 1, device="cpu")  # 500 images/s
+                       threads=threads or 1, device="cpu")  # 500 images/s, no inference rate
+
+
+def _fake_calibration_with_inference(*args, **kw):
+    import dataclasses
+
+    return dataclasses.replace(_fake_calibration(*args, **kw), forward_images_per_s=2000.0)
 
 
 def _jobs(tmp_path):
@@ -104,6 +110,12 @@ def test_suite_counts_match_the_hand_derivation(tmp_path):
     assert rows["total"]["cpu_s"] == pytest.approx(sum(j.work for j in est.jobs) / 500.0)
     assert sum(j.work for j in est.jobs) == rows["total"]["images"]  # these phases weigh 1
     assert rows["total"]["gpu_s"] is None  # no device check
+    # every job evaluates its model once: 100 clean test images and the 90 outside the target class
+    assert {j.eval_images for j in est.jobs} == {190}
+    with_eval = estimate("est", jobs, data_root=None, cache_dir=results / "cache", salt=salt, workers=2,
+                         calibrate_fn=_fake_calibration_with_inference)
+    total = {r["kind"]: r for r in with_eval.rows()}["total"]
+    assert total["cpu_s"] == pytest.approx(rows["total"]["cpu_s"] + len(jobs) * 190 / 2000.0)
 
 
 def test_gpu_time_from_a_device_check_json(tmp_path):
