@@ -1,9 +1,10 @@
 """Published reference results: a results folder's records, shipped without models or diagnostics.
 
 ``python run_bench.py publish --results results --suite cifar10-cpu-paper --to reference/cifar10-cpu-paper``
-copies the suite's records (``records/<run_id>.json``, ok and failed alike: a failure is a result)
-and the folder's ``protocol-salt`` into a folder that can be committed. Nothing else travels: no
-trained model, no per-sample diagnostic, no cache. A published folder is itself a results folder
+copies the suite's records (``records/<run_id>.json``, ok and failed alike: a failure is a result),
+the folder's ``protocol-salt`` and the dry run's saved estimate of the suite (``estimates/<suite>.json``,
+when there is one) into a folder that can be committed. Nothing else travels: no trained model, no
+per-sample diagnostic, no cache. A published folder is itself a results folder
 with records only, so ``report --results reference/<suite>`` rebuilds every table and figure from
 it.
 
@@ -82,8 +83,20 @@ def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> 
     atomic_write_text(dest / SALT_FILE, salt + "\n")
     for rid in chosen:
         shutil.copyfile(results / RECORDS / f"{rid}.json", dest / RECORDS / f"{rid}.json")
+    _copy_estimates(results, dest, {rec.get("suite") for rec in chosen.values()})
     atomic_write_text(dest / "STATUS.md", status_markdown(_records(dest)))
     return len(chosen)
+
+
+def _copy_estimates(results: Path, dest: Path, suites: set) -> None:
+    """The dry run's saved estimates of the published suites (JSON, :func:`bench.estimate.save`), so
+    that ``report`` on the published folder sets them beside the measured times too."""
+    from bench.estimate import ESTIMATES
+
+    for path in sorted((results / ESTIMATES).glob("*.json")) if (results / ESTIMATES).is_dir() else []:
+        if path.stem in suites:
+            (dest / ESTIMATES).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest / ESTIMATES / path.name)
 
 
 def status_markdown(records: dict[str, dict]) -> str:

@@ -73,3 +73,14 @@ def test_a_damaged_published_record_is_refused(tmp_path, no_env_salt):
         seed_results(ref, tmp_path / "results")
     with pytest.raises(ReferenceError, match="no protocol-salt"):
         seed_results(tmp_path / "nowhere", tmp_path / "results")
+
+
+def test_publish_carries_the_suites_saved_estimate_and_no_other(published, no_env_salt):
+    root, _ = published
+    first = root / "first"
+    suite = next(iter(records(first).values()))["suite"]
+    (first / "estimates").mkdir(exist_ok=True)
+    (first / "estimates" / f"{suite}.json").write_text(json.dumps({"suite": suite, "jobs": []}))
+    (first / "estimates" / "another-suite.json").write_text(json.dumps({"suite": "another-suite", "jobs": []}))
+    assert publish(first, root / "ref-estimate") == len(records(first))
+    assert sorted(p.name for p in (root / "ref-estimate" / "estimates").iterdir()) == [f"{suite}.json"]
