@@ -25,10 +25,9 @@ surrogate or generator training (named when the suite has such attacks), and def
 declare no phases (named, counted as 0).
 
 Wall time is an estimate. On the CPU: a few training steps and inference batches of each of the
-suite's (model, image size, batch) are timed here through the engine, as many workers side by
-side as the run will have, each with the torch threads it will get (:func:`calibrate`); training
-images are divided by the training rate times the workers, evaluation images by the inference
-rate; the machine's load average at that moment is printed, since other processes slow the steps
+suite's (model, image size, batch) are timed here through the engine with the torch threads a
+worker will get (:func:`calibrate`); training images are divided by the training rate times the
+workers, evaluation images by the inference rate; the machine's load average at that moment is printed, since other processes slow the steps
 down. On a GPU: the engine's images/s for the model that the device check measured on CIFAR-10
 (scaled by the pixel count for other image sizes), training passes only. ``report`` sets a saved
 estimate beside the measured times (:mod:`bench.reports.estimate_check`).
@@ -177,8 +176,8 @@ def job_costs(jobs, data_root, cache_dir, salt: str | None = None) -> list[JobCo
 # -- calibration --------------------------------------------------------------------------------
 @dataclass
 class Calibration:
-    """A measured rate: ``images_per_s`` of training and ``forward_images_per_s`` of inference, per
-    worker, on (model, classes, image, batch), with ``workers`` of them timed side by side."""
+    """A measured rate: ``images_per_s`` of training and ``forward_images_per_s`` of inference of one
+    worker on (model, classes, image, batch)."""
 
     model: str
     image_shape: tuple
@@ -188,7 +187,6 @@ class Calibration:
     threads: int
     device: str
     forward_images_per_s: float | None = None   # inference; None: not measured
-    workers: int = 1                            # timed side by side
 
     @property
     def images_per_s(self) -> float:
@@ -196,20 +194,30 @@ class Calibration:
 
 
 def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, threads: int | None = None,
-              workers: int = 1, device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
-              max_seconds: float = 5.0) -> Calibration:
+              device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
+              max_seconds: float = 5.0, **_) -> Calibration:
     """Time a few training steps of ``model`` through the engine (:func:`bench.engine.fit`, one
     step per call: augmentation, channels-last, optimiser) on random images of ``image_shape``,
     after one warm-up step: at least ``min_steps`` steps and ``min_seconds``, fewer than
     ``min_steps`` only when they pass ``max_seconds``; then the engine's inference
-    (:func:`bench.engine.predict`) on the same images for about half a second. On the CPU,
-    ``workers`` copies run side by side (one Python thread each, ``threads`` torch threads in all
-    per worker: torch runs the kernels outside the interpreter lock), since workers that share the
-    cores' caches and memory train more slowly than one alone (measured: 14 % on cifar10-cpu-quick's
-    victims); the rate is the mean per worker. The batch is the recipe's, capped at 128 x
-    (32 / side)^2 images so that large images stay quick (the per-image rate barely depends on it)."""
-    from concurrent.futures import ThreadPoolExecutor
+    (:func:`bench.engine.predict`) on the same images for about half a second; one worker, with
+    ``threads`` torch threads. The batch is the recipe's, capped at 128 x (32 / side)^2 images so
+    that large images stay quick (the per-image rate barely depends on it).
 
+    Measured on this two-core machine (cnn_small, one thread): four calibrations in a row gave
+    180-268 training images/s, the victims of cifar10-cpu-quick then trained at 237 with two
+    workers side by side; timing the workers side by side (processes started together) gave
+    143-196, no steadier. The calibration's noise is larger than the side-by-side effect, so one
+    worker is timed, and the estimate is read as +-25 %."""
+    c, h, w = image_shape
+    bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
+    steps, seconds, forward, forward_s, used = _timed_steps(
+        (model, num_classes, (c, h, w), bs, threads, device, min_steps, min_seconds, max_seconds))
+    return Calibration(model, (c, h, w), bs, steps, seconds, used, device, forward_images_per_s=forward / forward_s)
+
+
+def _timed_steps(job) -> tuple[int, float, int, float, int]:
+    """(training steps, their seconds, inference images, their seconds, torch threads) of one worker."""
     import torch
 
     from bench import engine
@@ -217,18 +225,16 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
     from bench.engine import TrainConfig
     from bench.models import create_model
 
-    c, h, w = image_shape
-    bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
-    side_by_side = max(1, int(workers)) if device == "cpu" else 1
+    model, num_classes, (c, h, w), bs, threads, device, min_steps, min_seconds, max_seconds = job
     previous, previous_threads = engine.runtime(), torch.get_num_threads()
     engine.configure(device=device, progress=False)
     if threads:
         torch.set_num_threads(int(threads))
-
-    def one(index: int) -> tuple[int, float, int, float]:
-        g = torch.Generator().manual_seed(index)
+    try:
+        g = torch.Generator().manual_seed(0)
         data = Split(torch.randint(0, 256, (bs, c, h, w), generator=g, dtype=torch.uint8),
                      torch.randint(0, num_classes, (bs,), generator=g))
+        torch.manual_seed(0)
         net = create_model(model, num_classes, h, (0.5,) * c, (0.25,) * c)
         cfg = TrainConfig(epochs=1, batch_size=bs, lr=0.01, schedule="constant")
 
@@ -255,17 +261,7 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
             forward += bs
             if time.perf_counter() - t1 >= min(0.5, max_seconds):
                 break
-        return steps, elapsed, forward, time.perf_counter() - t1
-
-    try:
-        torch.manual_seed(0)
-        with ThreadPoolExecutor(side_by_side) as pool:
-            timed = list(pool.map(one, range(side_by_side)))
-        steps = sum(t[0] for t in timed)
-        per_step = sum(t[1] / t[0] for t in timed) / len(timed)
-        fwd_per_image = sum(t[3] / t[2] for t in timed) / len(timed)
-        return Calibration(model, tuple(image_shape), bs, steps, per_step * steps, torch.get_num_threads(), device,
-                           forward_images_per_s=1.0 / fwd_per_image, workers=side_by_side)
+        return steps, elapsed, forward, time.perf_counter() - t1, torch.get_num_threads()
     finally:
         engine.configure(**vars(previous))
         torch.set_num_threads(previous_threads)
@@ -428,13 +424,13 @@ class Estimate:
             + (" (other processes were running: the CPU figures are pessimistic)"
                if self.load > 0.5 else ""))
         out = [f"CPU estimate calibrated here: a few training steps and inference batches of each model timed "
-               f"through the engine on random images of the suite's size, {self.workers} worker(s) side by side "
-               f"with the torch threads each gets; time = images x phase weight / (training rate x workers), plus "
-               f"each job's evaluation (clean and triggered test images) at the inference rate{load}:"]
+               f"through the engine on random images of the suite's size, with the torch threads one of "
+               f"{self.workers} worker(s) gets (read it as +-25 %: calibrations in a row vary that much here); "
+               f"time = images x phase weight / (training rate x workers), plus each job's evaluation (clean and triggered test images) at the inference rate{load}:"]
         for cal in self.calibrations.values():
             fwd = (f", inference {cal.forward_images_per_s:,.0f} images/s" if cal.forward_images_per_s else "")
             out.append(f"- {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
-                       f"{cal.batch_size} with {cal.threads} thread(s), {cal.workers} side by side = training "
+                       f"{cal.batch_size} with {cal.threads} thread(s) = training "
                        f"{cal.images_per_s:,.0f} images/s per worker{fwd}")
         return out
 
@@ -525,8 +521,7 @@ def estimate(suite: str, jobs, *, data_root, cache_dir, salt: str | None = None,
             continue
         key = jc.calibration_key
         if key not in cals:
-            cals[key] = calibrate_fn(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads,
-                                     workers=workers)
+            cals[key] = calibrate_fn(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads)
         cal = cals[key]
         forward = cal.forward_images_per_s
         jc.seconds_cpu = jc.work / cal.images_per_s + (jc.eval_images / forward if forward else 0.0)
