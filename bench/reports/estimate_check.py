@@ -93,8 +93,8 @@ def markdown(results, records: pd.DataFrame) -> str | None:
     if not estimates:
         return None
     out = ["# The dry run's estimate beside the measured times", "",
-           "Estimated: one worker's compute seconds of the job's training passes (`run --dry-run`, calibrated "
-           "by a few timed steps). Measured: the record's `finished_at - started_at`, the whole job (process "
+           "Estimated: one worker's compute seconds of the job's training passes and evaluation "
+           "(`run --dry-run`, calibrated by a few timed steps). Measured: the record's `finished_at - started_at`, the whole job (process "
            "start-up, data loading, poisoning, evaluation included). Wall: the estimate's wall time for the "
            "compared jobs beside the union of their busy intervals. Ratio = measured / estimated.", ""]
     for est in estimates:
