@@ -27,8 +27,8 @@ declare no phases (named, counted as 0).
 Wall time is an estimate. On the CPU: a few training steps and inference batches of each of the
 suite's (model, image size, batch) are timed here through the engine with the torch threads a
 worker will get (:func:`calibrate`); training images are divided by the training rate times the
-workers, evaluation images by the inference rate; the machine's load average at that moment is printed, since other processes slow the steps
-down. On a GPU: the engine's images/s for the model that the device check measured on CIFAR-10
+workers, evaluation images by the inference rate; the machine's load average at that moment is
+printed, since other processes slow the steps down. On a GPU: the engine's images/s for the model that the device check measured on CIFAR-10
 (scaled by the pixel count for other image sizes), training passes only. ``report`` sets a saved
 estimate beside the measured times (:mod:`bench.reports.estimate_check`).
 """
@@ -361,7 +361,8 @@ class Estimate:
         for r in self.rows():
             empty = not r["jobs"]
             out.append(f"| {r['kind']:11s} | {r['jobs']:5d} | {r['trainings']:9.2f} | {r['images']:15,d} | "
-                       f"{'-' if empty else format_seconds(r['cpu_s']):>13s} | {'-' if empty else format_seconds(r['gpu_s']):>26s} |")
+                       f"{'-' if empty else format_seconds(r['cpu_s']):>13s} | "
+                       f"{'-' if empty else format_seconds(r['gpu_s']):>26s} |")
         cpu_wall, gpu_wall = self.wall("seconds_cpu"), self.wall("seconds_gpu")
         out.append(f"| {'wall time':11s} | {'':5s} | {'':9s} | {'':15s} | {format_seconds(cpu_wall):>13s} | "
                    f"{format_seconds(gpu_wall) if gpu_wall is not None else self._gpu_unknown():>26s} |")
@@ -426,7 +427,8 @@ class Estimate:
         out = [f"CPU estimate calibrated here: a few training steps and inference batches of each model timed "
                f"through the engine on random images of the suite's size, with the torch threads one of "
                f"{self.workers} worker(s) gets (read it as +-25 %: calibrations in a row vary that much here); "
-               f"time = images x phase weight / (training rate x workers), plus each job's evaluation (clean and triggered test images) at the inference rate{load}:"]
+               f"time = images x phase weight / (training rate x workers), plus each job's evaluation "
+               f"(clean and triggered test images) at the inference rate{load}:"]
         for cal in self.calibrations.values():
             fwd = (f", inference {cal.forward_images_per_s:,.0f} images/s" if cal.forward_images_per_s else "")
             out.append(f"- {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
@@ -445,7 +447,8 @@ class Estimate:
                + (f"; {', '.join(sorted(n for n in self.gpu_notes if n))}" if any(self.gpu_notes) else "")]
         jpg = c.get("jobs_per_gpu") or {}
         if gpu_wall is not None and jpg.get("speedup"):
-            out.append(f"- with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about {format_seconds(gpu_wall / jpg['speedup'])} "
+            out.append(f"- with --jobs-per-gpu {jpg.get('jobs_per_gpu', 3)}: about "
+                       f"{format_seconds(gpu_wall / jpg['speedup'])} "
                        f"(the check measured {jpg['speedup']:.2f}x the throughput of one job at a time on "
                        f"{jpg.get('model', '?')})")
         return out

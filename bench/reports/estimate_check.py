@@ -94,7 +94,8 @@ def markdown(results, records: pd.DataFrame) -> str | None:
         return None
     out = ["# The dry run's estimate beside the measured times", "",
            "Estimated: one worker's compute seconds of the job's training passes and evaluation "
-           "(`run --dry-run`, calibrated by a few timed steps). Measured: the record's `finished_at - started_at`, the whole job (process "
+           "(`run --dry-run`, calibrated by a few timed steps). Measured: the record's "
+           "`finished_at - started_at`, the whole job (process "
            "start-up, data loading, poisoning, evaluation included). Wall: the estimate's wall time for the "
            "compared jobs beside the union of their busy intervals. Ratio = measured / estimated.", ""]
     for est in estimates:
@@ -113,7 +114,8 @@ def markdown(results, records: pd.DataFrame) -> str | None:
                        f"{format_seconds(r.measured_s)} | {ratio} |")
         if wall["measured_s"] is not None:
             ratio = wall["measured_s"] / wall["estimated_s"] if wall["estimated_s"] else float("nan")
-            out.append(f"| wall time | | | {format_seconds(wall['estimated_s'])} | {format_seconds(wall['measured_s'])} | "
+            out.append(f"| wall time | | | {format_seconds(wall['estimated_s'])} | "
+                       f"{format_seconds(wall['measured_s'])} | "
                        f"{ratio:.2f} |")
         if not wall["complete"]:
             out.append("")
