@@ -28,7 +28,8 @@ Wall time is an estimate. On the CPU: a few training steps and inference batches
 suite's (model, image size, batch) are timed here through the engine with the torch threads a
 worker will get (:func:`calibrate`); training images are divided by the training rate times the
 workers, evaluation images by the inference rate; the machine's load average at that moment is
-printed, since other processes slow the steps down. On a GPU: the engine's images/s for the model that the device check measured on CIFAR-10
+printed, since other processes slow the steps down. On a GPU: the engine's images/s for the
+model that the device check measured on CIFAR-10
 (scaled by the pixel count for other image sizes), training passes only. ``report`` sets a saved
 estimate beside the measured times (:mod:`bench.reports.estimate_check`).
 """
