@@ -196,7 +196,7 @@ class Calibration:
 
 def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, threads: int | None = None,
               device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
-              max_seconds: float = 5.0, **_) -> Calibration:
+              max_seconds: float = 5.0) -> Calibration:
     """Time a few training steps of ``model`` through the engine (:func:`bench.engine.fit`, one
     step per call: augmentation, channels-last, optimiser) on random images of ``image_shape``,
     after one warm-up step: at least ``min_steps`` steps and ``min_seconds``, fewer than
@@ -210,15 +210,6 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
     workers side by side; timing the workers side by side (processes started together) gave
     143-196, no steadier. The calibration's noise is larger than the side-by-side effect, so one
     worker is timed, and the estimate is read as +-25 %."""
-    c, h, w = image_shape
-    bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
-    steps, seconds, forward, forward_s, used = _timed_steps(
-        (model, num_classes, (c, h, w), bs, threads, device, min_steps, min_seconds, max_seconds))
-    return Calibration(model, (c, h, w), bs, steps, seconds, used, device, forward_images_per_s=forward / forward_s)
-
-
-def _timed_steps(job) -> tuple[int, float, int, float, int]:
-    """(training steps, their seconds, inference images, their seconds, torch threads) of one worker."""
     import torch
 
     from bench import engine
@@ -226,7 +217,8 @@ def _timed_steps(job) -> tuple[int, float, int, float, int]:
     from bench.engine import TrainConfig
     from bench.models import create_model
 
-    model, num_classes, (c, h, w), bs, threads, device, min_steps, min_seconds, max_seconds = job
+    c, h, w = image_shape
+    bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
     previous, previous_threads = engine.runtime(), torch.get_num_threads()
     engine.configure(device=device, progress=False)
     if threads:
@@ -262,7 +254,8 @@ def _timed_steps(job) -> tuple[int, float, int, float, int]:
             forward += bs
             if time.perf_counter() - t1 >= min(0.5, max_seconds):
                 break
-        return steps, elapsed, forward, time.perf_counter() - t1, torch.get_num_threads()
+        return Calibration(model, (c, h, w), bs, steps, elapsed, torch.get_num_threads(), device,
+                           forward_images_per_s=forward / (time.perf_counter() - t1))
     finally:
         engine.configure(**vars(previous))
         torch.set_num_threads(previous_threads)
