@@ -92,7 +92,7 @@ def _spy_stages(monkeypatch, cell, hide_labels=True):
 def test_nt_ml_end_to_end_never_reads_given_labels_in_nt(backdoored_cell, monkeypatch):
     cell, model, _ = backdoored_cell
     stages = _spy_stages(monkeypatch, cell)
-    defense, ctx, out, acc, tags = _run(cell, model, n_clean=50, nt_epochs=5)
+    defense, ctx, out, acc, tags = _run(cell, model, n_clean=50, nt_epochs=5, ml_clean="same")  # spec-v1's ML set
     assert defense.declaration()["needs_train"] is True
     n_clean = out.info["n_clean"]  # class-balanced from the 71-image reserve: capped per class
     assert 40 <= n_clean <= 50 and ctx.logs["nt_ml/n_clean"] == n_clean == out.info["n_ml_clean"]
@@ -125,10 +125,15 @@ def test_nckd_mode_runs_from_a_fresh_model(backdoored_cell, monkeypatch):
     assert tags == ["nt_student", "teacher", "ml_teacher"]
 
 
-def test_defaults_are_kept():
+def test_defaults_are_the_development_choice_and_spec_v1_is_kept():
+    """The default is the reading the ntml-dev search chose (ML on the whole reserve); the preset
+    ``spec-v1`` still gives the first reconstruction's (ML on the teacher's clean set)."""
     p = DEFENSES.create("nt_ml").params
-    assert (p.nt_mode, p.n_clean, p.ml_clean, p.ml_clean_fraction, p.ml_epochs) == ("complementary", 100, "same",
+    assert (p.nt_mode, p.n_clean, p.ml_clean, p.ml_clean_fraction, p.ml_epochs) == ("complementary", 100, "reserve",
                                                                                    1.0, 20)
+    old = DEFENSES.create("nt_ml", preset="spec-v1").params
+    assert (old.nt_mode, old.n_clean, old.ml_clean, old.ml_clean_fraction, old.ml_epochs) == (
+        "complementary", 100, "same", 1.0, 20)
 
 
 @pytest.mark.parametrize("params,match", [
