@@ -14,6 +14,14 @@ torch.set_num_threads(1)
 TEST_SALT = "tests-fixed-salt-0123456789abcdef"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first (a stable sort: otherwise collection order). pytest-xdist hands out
+    work in collection order, so a minutes-long test collected last (the miniature suites) would
+    run alone on one worker while the other idles; started first, the short tests fill in around
+    it. Only the order changes, never which tests run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache and data roots (nothing leaks between tests), and one thread

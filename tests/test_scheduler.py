@@ -270,6 +270,7 @@ def _cli(suite: Path, res: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_grid_leaves_complete_records_and_resumes(env):
     suite = write_suite(env / "k.toml", """
         attacks = ["_test_patch"]
@@ -345,6 +346,7 @@ def test_workers_exit_when_the_scheduler_is_killed(env):
     assert not left, "processes of the killed scheduler outlived it"
 
 
+@pytest.mark.slow
 def test_two_schedulers_on_one_folder_run_each_run_once(env):
     suite = write_suite(env / "t.toml", """
         attacks = ["_test_patch"]
@@ -373,6 +375,7 @@ def test_two_schedulers_on_one_folder_run_each_run_once(env):
 
 
 # -- Dask ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dask_local_cluster_runs_a_grid(env):
     distributed = pytest.importorskip("dask.distributed")
     suite = write_suite(env / "d.toml", """
