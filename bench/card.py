@@ -178,7 +178,11 @@ class DefenseCard(PluginCard):
       unknown), ``()``: it trains nothing;
     * ``miniature_params``: parameter values a miniature run (:mod:`bench.miniature`) sets, for the
       loops the budget scale does not shorten (e.g. MeCa's enhancement rounds): the code path is
-      kept, its repetitions cut.
+      kept, its repetitions cut;
+    * ``settings``: where its default settings come from, ``{"param" (or "p1, p2"): (source,
+      note)}`` with a source of :data:`SETTING_SOURCES` (the paper's, a reconstruction of what the
+      paper's text lost, or the result of this suite's development search) and a note saying which
+      sentence or search; the report's ``settings.md`` lists them beside the defaults.
     """
 
     stage: str = "repair"
@@ -192,6 +196,7 @@ class DefenseCard(PluginCard):
     provisional: bool = False
     cost_phases: tuple[CostPhase, ...] | None = None
     miniature_params: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     CLASS_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("stage", "needs_train", "needs_reserve",
                                                    "reserve_labels", "detects")
@@ -213,6 +218,7 @@ class DefenseCard(PluginCard):
             raise CardError(f"{self._who()}: miniature_params must map parameter names to values, "
                             f"got {self.miniature_params!r}")
         object.__setattr__(self, "miniature_params", MappingProxyType(dict(self.miniature_params)))
+        _check_settings(self)
         if self.cost_phases is not None:
             if not isinstance(self.cost_phases, (tuple, list)) or \
                     not all(isinstance(c, CostPhase) for c in self.cost_phases):
@@ -238,22 +244,50 @@ class DefenseCard(PluginCard):
         """The variant's short name (``variant_name``, else ``key=value, ...``)."""
         return self.variant_name or ", ".join(f"{k}={v}" for k, v in self.variant_params.items())
 
+    def setting_params(self) -> set[str]:
+        """The parameter names the ``settings`` keys cover (a key may list several: ``"a, b"``)."""
+        return {name.strip() for key in self.settings for name in key.split(",")}
+
     def check_params(self, params_cls: type | None) -> None:
         """Refuse variant and miniature parameters, and Params fields named by the cost phases,
         that the plug-in's params dataclass does not have."""
         named = {f for c in self.cost_phases or () for f in c.fields()}
-        if not named and not self.variant_params and not self.miniature_params:
+        if not named and not self.variant_params and not self.miniature_params and not self.settings:
             return
         names = {f.name for f in dataclasses.fields(params_cls)} if params_cls is not None else set()
         costed = sorted(named - names)
         if costed:
             raise CardError(f"{self._who()}: cost_phases name parameter(s) {costed} that its Params do not "
                             f"have ({', '.join(sorted(names)) or 'none'})")
-        for what in ("variant_params", "miniature_params"):
-            unknown = sorted(set(getattr(self, what)) - names)
+        for what in ("variant_params", "miniature_params", "settings"):
+            keys = self.setting_params() if what == "settings" else set(getattr(self, what))
+            unknown = sorted(keys - names)
             if unknown:
                 raise CardError(f"{self._who()}: {what} name parameter(s) {unknown} that its "
                                 f"Params do not have ({', '.join(sorted(names)) or 'none'})")
+
+
+# Where a defense's default setting comes from (DefenseCard.settings)
+SETTING_SOURCES = {
+    "paper": "stated in the method's paper",
+    "reconstructed": "lost from (or never given in) the paper's text: a reading this suite chose",
+    "development": "chosen by this suite's development search, on development cells only",
+}
+
+
+def _check_settings(card: "DefenseCard") -> None:
+    settings = card.settings
+    if not isinstance(settings, Mapping):
+        raise CardError(f"{card._who()}: settings must map parameter names to (source, note), got {settings!r}")
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key.strip():
+            raise CardError(f"{card._who()}: settings keys must be parameter names, got {key!r}")
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise CardError(f"{card._who()}: settings[{key!r}] must be (source, note), got {value!r}")
+        if value[0] not in SETTING_SOURCES:
+            raise CardError(f"{card._who()}: settings[{key!r}] has source {value[0]!r}; known: "
+                            f"{', '.join(SETTING_SOURCES)}")
+    object.__setattr__(card, "settings", MappingProxyType(dict(settings)))
 
 
 def _check_type(card: PluginCard, name: str, kind: type) -> None:

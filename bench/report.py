@@ -5,7 +5,9 @@ extended II/III), figures as PNG and PDF, ``leaderboard.md`` / ``leaderboard.csv
 ``ranking_comparison.md`` (the ranking by mean RA beside the old one by mean DER),
 ``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value),
 ``estimate_vs_measured.md`` (a saved dry-run estimate beside the measured times, when the folder
-has one: :mod:`bench.reports.estimate_check`), ``cost.csv``
+has one: :mod:`bench.reports.estimate_check`), ``settings.{md,csv}`` (where the defaults of the
+defenses run come from: the paper, a reconstruction, a development search:
+:mod:`bench.reports.settings`), ``cost.csv``
 and ``index.html`` (a self-contained page with everything). Nothing is typed in:
 delete the folder and run the command again to get the same files.
 """
@@ -24,6 +26,7 @@ from bench.reports.leaderboard import (add_threshold_arguments, caption, cost_ta
                                        leaderboard_markdown, ranking_comparison, ranking_comparison_markdown,
                                        threshold_options)
 from bench.reports.paper import comparison_markdown, paper_comparison
+from bench.reports.settings import settings_frame, settings_markdown
 from bench.reports.tables import paper_tables
 from bench.reports.tidy import load_runs
 
@@ -64,6 +67,10 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
                                              + comparison_markdown(versus_paper))
     versus_paper.to_csv(out / "paper_comparison.csv", index=False)
     written["paper_comparison"] = out / "paper_comparison.md"
+    settings = settings_frame(sorted(set(df["defense"]) - {NO_DEFENSE}) if n_runs else [])
+    (out / "settings.md").write_text("# Where the defaults come from\n\n" + settings_markdown(settings))
+    settings.to_csv(out / "settings.csv", index=False)
+    written["settings"] = out / "settings.md"
     check = estimate_check.markdown(results, df)
     if check:
         (out / ESTIMATE_REPORT).write_text(check)

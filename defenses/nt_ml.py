@@ -169,7 +169,26 @@ class NTML(Defense):
                                      batch_size="batch_size", weight=2, when={"ml_clean": "same"}),
                            CostPhase("mutual learning", data="reserve", fraction="ml_clean_fraction",
                                      epochs="ml_epochs", batch_size="batch_size", weight=2,
-                                     when={"ml_clean": "reserve"})))
+                                     when={"ml_clean": "reserve"})),
+                       settings={
+                           "nt_mode": ("development", "ntml-dev: the complementary reading passes 3 of 4 claims "
+                                       "on every cell, nckd 2 (it keeps the Blend backdoor of seed 11)"),
+                           "ml_clean, ml_clean_fraction": (
+                               "development", "ntml-dev (c05): ML on the whole reserve, the highest worst-cell "
+                               "final ACC among the readings passing the most claims; it misses "
+                               "acc_near_clean (17.1 % against a clean training's 59.5 %)"),
+                           "n_clean": ("development", "ntml-dev: 100 samples ('a small number of clean samples', "
+                                       "abstract); the whole reserve (250) passed no more claims"),
+                           "ml_epochs": ("development", "ntml-dev: 20; 60 leaves ASR 15.2 % on one cell"),
+                           "nt_epochs, teacher_epochs": ("reconstructed", "10 paper epochs each, budget-scaled: "
+                                                         "the abstract gives no epochs"),
+                           "lr, momentum, weight_decay, batch_size": (
+                               "reconstructed", "the suite's fine-tuning recipe (SGD 0.01, 0.9, 5e-4, 128): "
+                               "the abstract gives no optimiser"),
+                           "nckd_temperature": ("reconstructed", "T = 4, as in decoupled knowledge distillation"),
+                           "ml_kl_weight, ml_temperature": ("reconstructed", "deep mutual learning's plain form "
+                                                            "(Zhang et al., CVPR 2018): weight 1, temperature 1"),
+                       })
 
     Params = NTMLParams
     # the first reconstruction's defaults (ML on the teacher's clean set), before the development search

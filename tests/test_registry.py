@@ -147,6 +147,8 @@ def test_an_instance_can_still_override_its_declaration():
     ({"order": 1.5}, "order must be a int"),
     ({"tables": ("table4",)}, "give variant_params"),
     ({"miniature_params": ["iterations"]}, "miniature_params must map"),
+    ({"settings": {"lr": "paper"}}, r"settings\['lr'\] must be \(source, note\)"),
+    ({"settings": {"lr": ("folklore", "everyone uses it")}}, "source 'folklore'; known: paper"),
 ])
 def test_bad_defense_cards_are_refused(fields, message):
     with pytest.raises(CardError, match=message):
@@ -160,6 +162,8 @@ def test_bad_attack_cards_and_unknown_variant_params_are_refused():
         _defense_class(DefenseCard(name="_bad", variant_params={"nope": True}))
     with pytest.raises(CardError, match=r"miniature_params name parameter\(s\) \['rounds'\]"):
         _defense_class(DefenseCard(name="_bad", miniature_params={"rounds": 1}))
+    with pytest.raises(CardError, match=r"settings name parameter\(s\) \['rounds'\]"):
+        _defense_class(DefenseCard(name="_bad", settings={"epochs, rounds": ("paper", "section 4")}))
 
 
 def test_every_builtin_plugin_has_a_card_named_as_registered():

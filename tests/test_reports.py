@@ -301,3 +301,22 @@ def test_a_broken_model_is_marked_in_the_tables_and_kept_off_the_pareto_front(ti
     assert heatmaps(df, tmp_path) and scatter_acc_asr(df, tmp_path)
     clean = attack_defense_table(normalise(tidy), "Table II", "t", ["badnet"], ["none", "fine_tuning"])
     assert not clean.broken and "†" not in clean.markdown()
+
+
+def test_settings_say_where_each_default_comes_from(tmp_path, tidy):
+    """NT-ML declares its settings: each row has the default the plug-in gives today, the source,
+    and the value of the preset that changes it (spec-v1: ML on the teacher's clean set); the
+    report writes the table for the defenses run, and leaves out those that declare nothing."""
+    from bench.reports.settings import settings_frame
+
+    frame = settings_frame(["nt_ml", "fine_tuning"])
+    assert set(frame["Defense"]) == {"NT-ML"} and set(frame["Source"]) <= {"paper", "reconstructed", "development"}
+    row = frame[frame["Parameter"] == "ml_clean, ml_clean_fraction"].iloc[0]
+    assert (row["Default"], row["Source"]) == ("reserve, 1.0", "development")
+    assert row["Presets"] == "spec-v1: ml_clean=same, ml_clean_fraction=1.0"
+    df = tidy.copy()
+    df.loc[df.defense == "meca", "defense"] = "nt_ml"
+    _write_results(tmp_path / "res", df, with_diagnostics=False)
+    build_report(tmp_path / "res")
+    text = (tmp_path / "res" / "report" / "settings.md").read_text()
+    assert "| NT-ML | ml_clean, ml_clean_fraction | reserve, 1.0 | development |" in text

@@ -245,7 +245,8 @@ def variants_table(df: pd.DataFrame, poison_ratio: float = 0.05) -> Table:
     attacks = in_order("attack", sel["attack"])
     rows = _dataset_attack_rows(sel, attacks, where=sel["defense"] != NO_DEFENSE)
     table = Table("Variants", f"defenses run with several parameter sets or budget scales ({label('model', model or '?')}, "
-                  f"poison ratio {poison_ratio:g})", ["Dataset", "Attack"], rows, cols)
+                  f"poison ratio {poison_ratio:g}); which defaults are the paper's, which reconstructed or "
+                  f"chosen by a development search: settings.md", ["Dataset", "Attack"], rows, cols)
     _fill(table, sel, ["_d", "_a"], "_v", cols, cols)
     return _add_averages(table)
 
