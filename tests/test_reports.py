@@ -280,8 +280,15 @@ def test_paper_comparison_puts_each_cifar10_cell_beside_the_papers_value(tidy):
     assert row["ACC %"] == pytest.approx(87.0) and row["seeds"] == 2
     assert row["ACC gap"] == pytest.approx(87.0 - 83.30) and row["ASR gap"] == pytest.approx(45.0 - 96.81)
     assert row["gap > 10"] == "ASR"
+    # its own victim (ASR 95 %) lost 50 points, the paper's victim (95.2 %) gained 1.6 under fine-tuning
+    assert row["victim ASR gap"] == pytest.approx(95.0 - 95.20)
+    assert row["reading"] == "ASR: the defense changed its victim by -50.0 points, the paper's by +1.6 (victim gap -0.2)"
     nodef = cmp[(cmp.attack == "Blend") & (cmp.defense == "No Defense")].iloc[0]
-    assert nodef["ACC gap"] == pytest.approx(80.0 - 84.50) and nodef["gap > 10"] == ""
+    assert nodef["ACC gap"] == pytest.approx(80.0 - 84.50) and nodef["gap > 10"] == "" and nodef["reading"] == ""
+    # a gap the victim explains: the victim 30 points below the paper's, the defense as close to it
+    far = normalise(tidy.assign(acc=tidy["acc"] - 0.30))
+    row = paper_comparison(far).query("attack == 'BadNet' and defense == 'FineTuning'").iloc[0]
+    assert row["reading"].startswith("ACC: the victim's gap (-32.0); the defense changed it as in the paper (-3.0 vs -8.7)")
     assert not ((cmp.attack == "BadNet") & (cmp.defense == "CLP")).any()   # failed run: not measured
     assert paper_comparison(normalise(tidy.assign(dataset="digits"))).empty
 

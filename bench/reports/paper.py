@@ -69,12 +69,80 @@ def paper_comparison(df: pd.DataFrame, gap_points: float = GAP_POINTS) -> pd.Dat
     out["ASR gap"] = out["ASR %"] - out["paper ASR"]
     out[f"gap > {gap_points:g}"] = [", ".join(k for k, v in (("ACC", a), ("ASR", s)) if abs(v) > gap_points) or ""
                                     for a, s in zip(out["ACC gap"], out["ASR gap"])]
+    out = _with_victims(out, measured, paper)
+    out["reading"] = [_reading(row, gap_points) for row in out.to_dict("records")]
     order = {d: i for i, d in enumerate(DEFENSE_COLUMNS)}
     out = out.assign(_o=out["defense label"].map(order)).sort_values(["attack label", "_o", "model"])
     return out[["attack label", "defense label", "model", "n_train", "budget", "seeds", "ACC %", "paper ACC",
-                "ACC gap", "ASR %", "paper ASR", "ASR gap", f"gap > {gap_points:g}"]].rename(
+                "ACC gap", "ASR %", "paper ASR", "ASR gap", f"gap > {gap_points:g}", "victim ACC gap",
+                "victim ASR gap", "reading"]].rename(
         columns={"attack label": "attack", "defense label": "defense", "n_train": "train images",
                  "budget": "budget scale"}).reset_index(drop=True)
+
+
+def _with_victims(out: pd.DataFrame, measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Each row with its own victim beside it: the measured no-defense ACC/ASR of the same model,
+    attack and ratio, the paper's no-defense values, and the gaps between the two victims."""
+    victims = measured[measured["defense"] == NO_DEFENSE][["model", "attack", "poison_ratio", "acc", "asr"]]
+    victims = victims.rename(columns={"acc": "victim acc", "asr": "victim asr"})
+    paper_victims = paper[paper["defense label"] == "No Defense"][["attack label", "paper ACC", "paper ASR"]]
+    paper_victims = paper_victims.rename(columns={"paper ACC": "paper victim ACC", "paper ASR": "paper victim ASR"})
+    out = out.merge(victims, on=["model", "attack", "poison_ratio"], how="left")
+    out = out.merge(paper_victims, on="attack label", how="left")
+    out["victim ACC gap"] = 100 * out["victim acc"] - out["paper victim ACC"]
+    out["victim ASR gap"] = 100 * out["victim asr"] - out["paper victim ASR"]
+    return out
+
+
+def _points(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}"   # + 0.0: no "-0.0"
+
+
+def _reading(row: dict, gap_points: float) -> str:
+    """What the records say about a gap, from measurements only: whether the defense changed ACC
+    and ASR against its own victim as much as the paper's defense did against the paper's victim
+    (then the gap is the victim's: the regime, not the method), the budget scale, and whether the
+    defense's settings are reconstructed (its card's ``settings`` or ``provisional``)."""
+    parts = []
+    victim = row.get("victim acc")
+    has_victim = victim is not None and victim == victim   # not NaN
+    for metric, gap in (("ACC", row["ACC gap"]), ("ASR", row["ASR gap"])):
+        if abs(gap) <= gap_points:
+            continue
+        if not has_victim:
+            parts.append(f"{metric}: no victim measured")
+            continue
+        change = 100 * (row[f"victim {metric.lower()}"] - row[metric.lower()])
+        paper_change = row[f"paper victim {metric}"] - row[f"paper {metric}"]
+        victim_gap = row[f"victim {metric} gap"]
+        if abs(change - paper_change) <= gap_points:
+            parts.append(f"{metric}: the victim's gap ({_points(victim_gap)}); the defense changed it as in the "
+                         f"paper ({_points(-change)} vs {_points(-paper_change)})")
+        else:
+            parts.append(f"{metric}: the defense changed its victim by {_points(-change)} points, the paper's by "
+                         f"{_points(-paper_change)} (victim gap {_points(victim_gap)})")
+    if parts and row["defense"] != NO_DEFENSE:
+        budget = row.get("budget")
+        if budget is not None and budget == budget and budget < 1:
+            parts.append(f"defense budget x{budget:g}")
+        status = _settings_status(row["defense"])
+        if status:
+            parts.append(status)
+    return "; ".join(parts)
+
+
+def _settings_status(defense: str) -> str:
+    """"provisional" or "settings reconstructed" when the defense's card says its defaults are not
+    (all) the paper's; "" otherwise."""
+    from bench.reports.tidy import card
+
+    c = card("defense", defense)
+    if c is None:
+        return ""
+    if getattr(c, "provisional", False):
+        return "provisional reproduction"
+    sources = {source for source, _ in (getattr(c, "settings", None) or {}).values()}
+    return "settings reconstructed (settings.md)" if sources - {"paper"} else ""
 
 
 def comparison_markdown(cmp: pd.DataFrame, gap_points: float = GAP_POINTS) -> str:
@@ -85,5 +153,9 @@ def comparison_markdown(cmp: pd.DataFrame, gap_points: float = GAP_POINTS) -> st
     n_gap = int((cmp[f"gap > {gap_points:g}"] != "").sum())
     head = (f"Each measured CIFAR-10 cell beside the MeCa paper's Table II/III value (ResNet-18, all of CIFAR-10, "
             f"the paper's budgets); gaps are measured - paper in percentage points, {n_gap} of {len(cmp)} cells "
-            f"differ by more than {gap_points:g} points in ACC or ASR.\n\n")
+            f"differ by more than {gap_points:g} points in ACC or ASR. `reading` says, from the records, where "
+            f"each gap comes from: when the defense moved ACC (or ASR) against its own victim as far as the "
+            f"paper's defense moved the paper's victim (within {gap_points:g} points), the gap is the victim's "
+            f"(the regime: model, images, epochs), not the method's; otherwise the change of each is given, "
+            f"with the defense's budget scale and whether its settings are reconstructed.\n\n")
     return head + markdown_table(cmp)
