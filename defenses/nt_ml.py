@@ -191,6 +191,13 @@ class NTML(Defense):
                        })
 
     Params = NTMLParams
+    # The development search's rule (docs/meca-development.md; bench.reports.selection applies it):
+    # among readings passing every claim, the fewest clean samples, then the cheapest; if none
+    # passes, the most claims passed on every cell, then the higher worst-cell final ACC.
+    development_selection = {
+        "winner": ("info_max:n_clean,n_ml_clean", "cost"),
+        "closest": ("claims", "worst:acc_near_clean", "info_max:n_clean,n_ml_clean", "cost"),
+    }
     # the first reconstruction's defaults (ML on the teacher's clean set), before the development search
     presets = {"spec-v1": {"ml_clean": "same"}}
 

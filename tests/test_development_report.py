@@ -127,3 +127,55 @@ def test_configuration_ids_follow_the_suite_file():
     labels = _config_labels("meca", [order[6], order[1], extra], order)
     assert labels[order[1]][0] == "c02" and labels[order[6]][0] == "c07" and labels[extra][0] == "c11"
     assert "warmup=full" in labels[order[1]][1]
+
+
+def _config(cid, ok, values, *, cells=4, cost=2.0, n_clean=100, n_ml=100):
+    """A development-table row of NT-ML (its four claims) and its four runs."""
+    from bench.reports.development import claims_of
+
+    names = [c["name"] for c in claims_of("nt_ml")]
+    row = {"name": "nt_ml", "defense": "NT-ML", "config": cid, "configuration": cid, "cells": cells, "failed": 0,
+           "epochs_equiv": cost, "params": json.dumps({"n_clean": n_clean, "tag": cid})}
+    for name, passed, value in zip(names, ok, values):
+        row[name], row[f"{name} ok"] = value, passed
+    row["pass"] = all(ok)
+    runs = [{"row": {"defense": "nt_ml", "defense_info": {"n_clean": n_clean, "n_ml_clean": n_ml}},
+             "params_key": row["params"]} for _ in range(cells)]
+    return row, runs
+
+
+def _select(*configs):
+    import pandas as pd
+
+    from bench.reports.selection import select
+
+    rows, runs = zip(*configs)
+    return select(pd.DataFrame(rows), [r for rs in runs for r in rs])[0]
+
+
+def test_the_written_rule_picks_the_closest_when_none_passes():
+    """NT-ML's rule: the most claims on every cell, then the higher worst-cell final ACC, then the
+    fewest clean samples; a configuration run on fewer cells (screened out) cannot be chosen."""
+    choice = _select(_config("c01", (1, 1, 0, 1), (0.54, 0.10, 0.086, 0.007)),
+                     _config("c02", (1, 1, 0, 0), (0.54, 0.13, 0.50, 0.40)),
+                     _config("c05", (1, 1, 0, 1), (0.54, 0.10, 0.171, 0.05), n_ml=250),
+                     _config("c09", (1, 1, 1, 1), (0.54, 0.10, 0.60, 0.0), cells=1))
+    assert (choice["config"], choice["kind"]) == ("c05", "closest")
+    assert choice["misses"] == ["acc_near_clean (17.1)"]
+    assert choice["order"] == ["c05", "c01", "c02"] and choice["left_out"] == ["c09"]
+
+
+def test_the_written_rule_picks_the_winner_with_the_fewest_clean_samples():
+    choice = _select(_config("c01", (1, 1, 1, 1), (0.54, 0.10, 0.60, 0.0), n_ml=250, cost=1.0),
+                     _config("c02", (1, 1, 1, 1), (0.54, 0.10, 0.58, 0.0), cost=3.0),
+                     _config("c03", (1, 1, 0, 1), (0.54, 0.10, 0.20, 0.0), cost=0.5))
+    assert (choice["config"], choice["kind"], choice["misses"]) == ("c02", "winner", [])
+    assert choice["order"] == ["c02", "c01"]
+
+
+def test_a_selection_key_that_cannot_be_read_is_refused(monkeypatch):
+    from bench.reports import selection
+
+    monkeypatch.setattr(selection, "rule_of", lambda name: {"closest": ("worst:no_such_claim",)})
+    with pytest.raises(selection.SelectionError, match="no claim 'no_such_claim'"):
+        _select(_config("c01", (1, 1, 0, 1), (0.54, 0.10, 0.086, 0.007)))

@@ -51,6 +51,7 @@ import pandas as pd
 
 from bench.card import NO_DEFENSE
 from bench.reports.figures import _save, load_diagnostics, sns
+from bench.reports.selection import SelectionError, select, selection_markdown
 from bench.reports.tidy import _registry, base_name, label, normalise
 
 EVALUATION_TARGETS = (1,)
@@ -506,11 +507,12 @@ def build(results: Path, out: Path | None = None) -> dict:
     runs, failed, notes = development_runs(results)
     configs, cells = development_table(runs, failed)
     rounds = rounds_frame(runs, configs)
-    (out / "development.md").write_text(table_markdown(configs, notes))
+    choices = select(configs, runs)
+    (out / "development.md").write_text(table_markdown(configs, notes) + selection_markdown(choices))
     configs.to_csv(out / "development.csv", index=False)
     cells.to_csv(out / "development_cells.csv", index=False)
     rounds.to_csv(out / "development_rounds.csv", index=False)
-    return {"table": out / "development.md", "configs": configs, "notes": notes,
+    return {"table": out / "development.md", "configs": configs, "notes": notes, "choices": choices,
             "figures": configs_figure(runs, configs, out) + rounds_figure(rounds, out)}
 
 
@@ -521,12 +523,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         written = build(Path(args.results), args.out)
-    except (FileNotFoundError, ClaimError) as exc:
+    except (FileNotFoundError, ClaimError, SelectionError) as exc:
         print(f"development report: {exc}")
         return 2
     cfg = written["configs"]
     n_pass = int(cfg["pass"].sum()) if len(cfg) else 0
     print(f"development table: {written['table']} ({len(cfg)} configuration(s), {n_pass} passing)")
+    for c in written["choices"]:
+        print(f"{c['defense']}: {c['config']} ({c['configuration']}) is the {c['kind']} by the written rule"
+              + (f"; misses {', '.join(c['misses'])}" if c["misses"] else ""))
     if written["notes"].get("evaluation_cells"):
         print(f"left out {written['notes']['evaluation_cells']} run(s) on evaluation cells")
     for path in written["figures"]:
