@@ -52,7 +52,7 @@ import pandas as pd
 from bench.card import NO_DEFENSE
 from bench.reports.figures import _save, load_diagnostics, sns
 from bench.reports.selection import SelectionError, select, selection_markdown
-from bench.reports.tidy import _registry, base_name, label, normalise
+from bench.reports.tidy import _as_dict, _registry, base_name, label, normalise
 
 EVALUATION_TARGETS = (1,)
 EVALUATION_SEEDS = (0, 1)
@@ -318,13 +318,7 @@ def development_runs(results: Path) -> tuple[list[dict], pd.DataFrame, dict]:
         bad = raw[(raw["status"] == "failed") & (raw["defense"] != NO_DEFENSE)]
         rows = []
         for r in bad.to_dict("records"):
-            spec = r.get("spec")
-            if isinstance(spec, str):
-                try:
-                    spec = json.loads(spec)
-                except ValueError:
-                    spec = {}
-            spec = spec if isinstance(spec, dict) else {}
+            spec = _as_dict(r.get("spec"))
             target = (spec.get("attack_params") or {}).get("target", r.get("target"))
             if _is_evaluation_cell(target, r.get("seed", 0)) or not claims_of(r["defense"]):
                 continue

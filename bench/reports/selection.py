@@ -52,13 +52,9 @@ def rule_of(defense: str) -> dict:
 
 
 def _info(row: dict) -> dict:
-    info = row.get("defense_info")
-    if isinstance(info, str):
-        try:
-            info = json.loads(info)
-        except ValueError:
-            info = {}
-    return info if isinstance(info, dict) else {}
+    from bench.reports.tidy import _as_dict
+
+    return _as_dict(row.get("defense_info"))
 
 
 def _preset_params(defense: str, preset: str) -> dict:
