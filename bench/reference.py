@@ -2,9 +2,11 @@
 
 ``python run_bench.py publish --results results --suite cifar10-cpu-paper --to reference/cifar10-cpu-paper``
 copies the suite's records (``records/<run_id>.json``, ok and failed alike: a failure is a result),
-the folder's ``protocol-salt`` and the dry run's saved estimate of the suite (``estimates/<suite>.json``,
-when there is one) into a folder that can be committed. Nothing else travels: no trained model, no
-per-sample diagnostic, no cache. A published folder is itself a results folder
+the folder's ``protocol-salt``, the dry run's saved estimate of the suite (``estimates/<suite>.json``,
+when there is one) and, for runs with diagnostics, their summaries (``summaries/<run_id>.json``:
+the evaluator's checkpoint metrics and per-round detection rates, which the development report
+reads; :func:`bench.reports.development.run_summary`) into a folder that can be committed.
+Nothing else travels: no trained model, no per-sample diagnostic, no cache. A published folder is itself a results folder
 with records only, so ``report --results reference/<suite>`` rebuilds every table and figure from
 it.
 
@@ -84,6 +86,7 @@ def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> 
     for rid in chosen:
         shutil.copyfile(results / RECORDS / f"{rid}.json", dest / RECORDS / f"{rid}.json")
     _copy_estimates(results, dest, {rec.get("suite") for rec in chosen.values()})
+    _write_summaries(results, dest, chosen)
     atomic_write_text(dest / "STATUS.md", status_markdown(_records(dest)))
     return len(chosen)
 
@@ -97,6 +100,19 @@ def _copy_estimates(results: Path, dest: Path, suites: set) -> None:
         if path.stem in suites:
             (dest / ESTIMATES).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest / ESTIMATES / path.name)
+
+
+def _write_summaries(results: Path, dest: Path, chosen: dict) -> None:
+    """Each published run's diagnostics summary (checkpoint metrics, per-round rates; no
+    per-sample data), where the results folder has its diagnostics."""
+    from bench.reports.development import SUMMARIES, run_summary
+    from bench.reports.figures import load_diagnostics
+
+    for rid in chosen:
+        summary = run_summary(load_diagnostics(results, rid))
+        if summary.get("checkpoints") or summary.get("rounds"):
+            (dest / SUMMARIES).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dest / SUMMARIES / f"{rid}.json", json.dumps(summary, indent=1) + "\n")
 
 
 def status_markdown(records: dict[str, dict]) -> str:

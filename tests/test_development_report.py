@@ -179,3 +179,23 @@ def test_a_selection_key_that_cannot_be_read_is_refused(monkeypatch):
     monkeypatch.setattr(selection, "rule_of", lambda name: {"closest": ("worst:no_such_claim",)})
     with pytest.raises(selection.SelectionError, match="no claim 'no_such_claim'"):
         _select(_config("c01", (1, 1, 0, 1), (0.54, 0.10, 0.086, 0.007)))
+
+
+def test_a_published_folder_rebuilds_the_same_table_from_its_summaries(results, tmp_path):
+    """``publish`` ships no per-sample diagnostics, only each run's summary (checkpoint metrics,
+    per-round rates): the development table and its per-round rows come out the same from it."""
+    from bench.protocol import SALT_FILE
+    from bench.reference import publish
+
+    for path in (results / "records").glob("*.json"):   # publish wants whole run records
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({"spec": {}, "model": "cnn_small", "dataset": "cifar10", **rec}))
+    (results / SALT_FILE).write_text("s" * 32 + "\n")
+    dest = tmp_path / "published"
+    publish(results, dest)
+    assert not (dest / "diagnostics").exists()
+    assert sorted(p.stem for p in (dest / dev.SUMMARIES).glob("*.json")) == ["bad", "good"]
+    mine, theirs = dev.build(results, tmp_path / "a"), dev.build(dest, tmp_path / "b")
+    assert mine["configs"].equals(theirs["configs"])
+    for name in ("development_cells.csv", "development_rounds.csv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()

@@ -274,6 +274,32 @@ def round_rows(diag: dict | None) -> list[dict]:
 
 
 # -- the report -----------------------------------------------------------------------------------
+SUMMARIES = "summaries"
+"""A published folder's per-run summaries (``summaries/<run_id>.json``): what this report reads from
+a run's diagnostics, without the per-sample data (:func:`run_summary`)."""
+
+
+def run_summary(diag: dict | None) -> dict:
+    """The numbers this report takes from a run's diagnostics: the evaluator's checkpoint
+    metrics (tag, ACC, ASR, RA) and the per-round rows (:func:`round_rows`: TPR/FPR and poison
+    shares, already aggregated). Plain JSON, a few hundred bytes: ``publish`` writes it beside the
+    records, so a published folder rebuilds the development table without per-sample data."""
+    if not diag:
+        return {}
+    checkpoints = [{k: (v if isinstance(v, str) else float(v)) for k, v in c.items()
+                    if isinstance(v, (str, int, float))} for c in diag.get("checkpoints", []) or []
+                   if isinstance(c, dict)]
+    return {"checkpoints": checkpoints, "rounds": round_rows(diag)}
+
+
+def load_summary(results: Path, run_id: str) -> dict:
+    path = Path(results) / SUMMARIES / f"{run_id}.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
 def development_runs(results: Path) -> tuple[list[dict], pd.DataFrame, dict]:
     """``(runs, failed, notes)``: one dict per successful run of a defense that declares claims on
     a development cell (its row, no-defense and clean references, checkpoints, per-round rows),
@@ -308,10 +334,10 @@ def development_runs(results: Path) -> tuple[list[dict], pd.DataFrame, dict]:
         ref = {"acc": none_row.get("acc", row.get("acc_nodef")), "asr": none_row.get("asr", row.get("asr_nodef")),
                "ra": none_row.get("ra")}
         key = (row["dataset"], row["model"], int(row["seed"]), row.get("n_train"))
-        diag = load_diagnostics(results, row["run_id"])
+        summary = run_summary(load_diagnostics(results, row["run_id"])) or load_summary(results, row["run_id"])
         runs.append({"row": row, "nodef": ref, "clean_acc": clean_acc.get(key, ref["acc"]),
                      "clean_from": "clean cell" if key in clean_acc else "no-defense ACC",
-                     "checkpoints": (diag or {}).get("checkpoints", []) or [], "rounds": round_rows(diag),
+                     "checkpoints": summary.get("checkpoints", []), "rounds": summary.get("rounds", []),
                      "params_key": _params_key(row["defense_params"])})
     failed = pd.DataFrame()
     if "status" in raw.columns:
