@@ -131,6 +131,8 @@ def test_report_writes_every_file(tmp_path, tidy):
                  "heatmap_acc_drop.png", "scatter_acc_asr.png", "asr_vs_ratio.png", "roc.png"]:
         assert (out / name).exists() and (out / name).stat().st_size > 0, name
     page = (out / "index.html").read_text()
+    assert "Measured vs the MeCa paper" in page and "<td>BadNet</td>" in page   # the paper comparison's rows
+    assert "Where the defaults come from" not in page   # no defense run here declares its settings
     assert page.count("data:image/png;base64,") == sum(
         1 for paths in written["figures"].values() for p in paths if p.suffix == ".png")
 
@@ -327,3 +329,4 @@ def test_settings_say_where_each_default_comes_from(tmp_path, tidy):
     build_report(tmp_path / "res")
     text = (tmp_path / "res" / "report" / "settings.md").read_text()
     assert "| NT-ML | ml_clean, ml_clean_fraction | reserve, 1.0 | development |" in text
+    assert "Where the defaults come from" in (tmp_path / "res" / "report" / "index.html").read_text()

@@ -43,7 +43,9 @@ def _markdown_table_rows(md: str) -> tuple[list[str], list[list[str]]]:
 
 
 def write_page(out: Path, leaderboard_md: str, tables: dict, figures: dict[str, list[Path]],
-               cost: pd.DataFrame, summary: str) -> Path:
+               cost: pd.DataFrame, summary: str, sections: dict[str, str] | None = None) -> Path:
+    """The self-contained page; ``sections`` (title -> Markdown holding one table, e.g. the paper
+    comparison and the settings) follow the paper tables, each only when it holds a table."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Backdoor defense leaderboard</title>"
              f"<style>{CSS}</style></head><body>", "<h1>Backdoor defense leaderboard</h1>",
              f"<p class='note'>{html.escape(summary)}</p>", "<h2>Leaderboard</h2>"]
@@ -61,6 +63,11 @@ def write_page(out: Path, leaderboard_md: str, tables: dict, figures: dict[str, 
     for stem, table in tables.items():
         parts.append(f"<h2>{html.escape(table.name)}</h2>")
         parts.append(_table_html(table.header(), table.text_rows(), table.caption))
+    for title, md in (sections or {}).items():
+        head, rows = _markdown_table_rows(md)
+        if head:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            parts.append(_table_html(head, rows))
     parts.append("</body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts))
