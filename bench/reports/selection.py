@@ -58,12 +58,10 @@ def _info(row: dict) -> dict:
 
 
 def _preset_params(defense: str, preset: str) -> dict:
-    import dataclasses
-
-    from bench.registry import DEFENSES
+    from bench.registry import DEFENSES, params_to_dict
 
     try:
-        return dataclasses.asdict(DEFENSES.create(defense, preset=preset).params)
+        return params_to_dict(DEFENSES.get(defense).make_params(preset=preset))
     except Exception as exc:  # noqa: BLE001
         raise SelectionError(f"{defense}: preset {preset!r} of a selection key: {exc}") from exc
 

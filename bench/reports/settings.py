@@ -8,8 +8,6 @@ the paper's and which were chosen here, and how.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 
 from bench.card import SETTING_SOURCES
@@ -23,17 +21,17 @@ def settings_frame(defenses) -> pd.DataFrame:
     """One row per declared setting of each of ``defenses`` (registered names; those whose card
     declares none are left out): its default value(s), source, note and, where a preset changes
     it, the preset's value."""
-    from bench.registry import DEFENSES
+    from bench.registry import DEFENSES, params_to_dict
 
     rows = []
     for name in defenses:
         c = card("defense", name)
         if c is None or not getattr(c, "settings", None):
             continue
-        obj = DEFENSES.get(name).obj
-        defaults = dataclasses.asdict(DEFENSES.create(name).params)
-        presets = {preset: dataclasses.asdict(DEFENSES.create(name, preset=preset).params)
-                   for preset in sorted(getattr(obj, "presets", {}) or {})}
+        entry = DEFENSES.get(name)
+        defaults = params_to_dict(entry.make_params())
+        presets = {preset: params_to_dict(entry.make_params(preset=preset))
+                   for preset in sorted(getattr(entry.obj, "presets", {}) or {})}
         for key, (source, note) in c.settings.items():
             params = [p.strip() for p in key.split(",")]
             changed = [f"{preset}: " + ", ".join(f"{p}={values[p]}" for p in params)
