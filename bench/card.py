@@ -101,9 +101,10 @@ class PluginCard:
     def tags(self) -> dict:
         """What the plug-in is and needs, in a few ``key: value`` pairs for listings
         (``run_bench.py list``): its kind (stage or label mode) and the fields it sets away from
-        their defaults; the descriptive fields (label, paper, code, tables) stay on the card."""
+        their defaults; the descriptive fields (label, paper, code, tables, the settings' sources)
+        stay on the card."""
         skip = {"name", "label", "paper", "code", "tables", "order", "variant_params", "variant_name",
-                "cost_phases", "miniature_params"}
+                "cost_phases", "miniature_params", "settings"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -199,22 +199,34 @@ def _sh(s: str) -> str:
 
 
 _SERVERS: dict[tuple, DefenseServer] = {}
+_IN_USE: dict[tuple, int] = {}   # defense runs in progress on each server
+_SERVERS_LOCK = threading.Lock()
 
 
 def server(mode: str = "process", hide: tuple[str, ...] = ()) -> DefenseServer:
-    """This process's defense server for ``mode`` (started on first use, restarted if it died)."""
+    """This process's defense server for ``mode`` and ``hide`` (started on first use, restarted if
+    it died). Starting one retires every other server with no run in progress: a process that
+    evaluates several results folders in turn (a test session, a notebook) keeps one idle server,
+    not one per folder it ever used. A server with a run in progress is never closed (in a PID
+    namespace its exit would kill the run)."""
     key = (mode, tuple(hide))
-    srv = _SERVERS.get(key)
-    if srv is None or not srv.alive():
-        srv = _SERVERS[key] = DefenseServer(mode, hide)
-    return srv
+    with _SERVERS_LOCK:
+        srv = _SERVERS.get(key)
+        if srv is None or not srv.alive():
+            for other in [k for k in _SERVERS if k != key and not _IN_USE.get(k)]:
+                _SERVERS.pop(other).close()
+                _IN_USE.pop(other, None)
+            srv = _SERVERS[key] = DefenseServer(mode, hide)
+        return srv
 
 
 @atexit.register
 def _close_servers() -> None:
-    for srv in _SERVERS.values():
-        srv.close()
-    _SERVERS.clear()
+    with _SERVERS_LOCK:
+        for srv in _SERVERS.values():
+            srv.close()
+        _SERVERS.clear()
+        _IN_USE.clear()
 
 
 def run_isolated(request: dict, provide_inputs: Callable[[dict], dict], *, mode: str = "process",
@@ -222,14 +234,21 @@ def run_isolated(request: dict, provide_inputs: Callable[[dict], dict], *, mode:
     """Run one defense in its own process. ``request`` names the defense and the cell's public
     facts; ``provide_inputs(declaration)`` builds the declared inputs once the child has said what
     it needs. Returns the child's result message (data only)."""
-    sock = server(mode, hide).session()
+    key = (mode, tuple(hide))
+    with _SERVERS_LOCK:
+        _IN_USE[key] = _IN_USE.get(key, 0) + 1
     try:
-        send(sock, request)
-        reply = _answer(sock, "the defense's declaration")
-        send(sock, provide_inputs(reply["declaration"]))
-        return _answer(sock, "the defense's result")
+        sock = server(mode, hide).session()
+        try:
+            send(sock, request)
+            reply = _answer(sock, "the defense's declaration")
+            send(sock, provide_inputs(reply["declaration"]))
+            return _answer(sock, "the defense's result")
+        finally:
+            sock.close()
     finally:
-        sock.close()
+        with _SERVERS_LOCK:
+            _IN_USE[key] = _IN_USE.get(key, 1) - 1
 
 
 def _answer(sock: socket.socket, what: str) -> dict:
