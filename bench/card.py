@@ -165,6 +165,11 @@ class DefenseCard(PluginCard):
       defense whose needs depend on its parameters sets ``self.needs_reserve`` in ``__init__``;
       the card gives the class default);
     * ``detects``: it returns per-sample scores and/or flags over the training set;
+    * ``starts_from_victim``: a train-stage defense whose first phase is the cell's standard
+      training (e.g. MeCa's full warm-up) is handed the cell's backdoored model instead, the same
+      training done once per cell, and is charged its cost (its steps, epochs and time head the
+      run's ``phases``); a defense whose choice depends on its parameters sets
+      ``self.starts_from_victim`` in ``__init__``;
 
     and for the reports:
 
@@ -191,6 +196,7 @@ class DefenseCard(PluginCard):
     needs_reserve: bool = False
     reserve_labels: bool = True
     detects: bool = False
+    starts_from_victim: bool = False
     variant_params: Mapping[str, Any] = field(default_factory=dict)
     variant_name: str = ""
     cost: str = ""
@@ -200,14 +206,15 @@ class DefenseCard(PluginCard):
     settings: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     CLASS_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("stage", "needs_train", "needs_reserve",
-                                                   "reserve_labels", "detects")
+                                                   "reserve_labels", "detects", "starts_from_victim")
     STAGES: ClassVar[tuple[str, ...]] = ("repair", "train")
 
     def __post_init__(self):
         super().__post_init__()
         if self.stage not in self.STAGES:
             raise CardError(f"{self._who()}: stage must be one of {', '.join(self.STAGES)}, got {self.stage!r}")
-        for name in ("needs_train", "needs_reserve", "reserve_labels", "detects", "provisional"):
+        for name in ("needs_train", "needs_reserve", "reserve_labels", "detects", "provisional",
+                     "starts_from_victim"):
             _check_type(self, name, bool)
         for name in ("variant_name", "cost"):
             _check_type(self, name, str)
@@ -225,6 +232,9 @@ class DefenseCard(PluginCard):
                     not all(isinstance(c, CostPhase) for c in self.cost_phases):
                 raise CardError(f"{self._who()}: cost_phases must be a tuple of CostPhase, got {self.cost_phases!r}")
             object.__setattr__(self, "cost_phases", tuple(self.cost_phases))
+        if self.starts_from_victim and self.stage != "train":
+            raise CardError(f"{self._who()}: starts_from_victim is for train-stage defenses (a repair "
+                            f"defense is always handed the backdoored model)")
         if "table4" in self.tables and not self.variant_params:
             raise CardError(f"{self._who()}: Table IV compares a defense with its variant; "
                             f"give variant_params")
@@ -233,7 +243,7 @@ class DefenseCard(PluginCard):
         """What the defense is handed: the dict ``Defense.declaration()`` returns."""
         return {"stage": self.stage, "needs_train": self.needs_train or self.stage == "train",
                 "needs_reserve": self.needs_reserve, "reserve_labels": self.reserve_labels,
-                "detects": self.detects}
+                "detects": self.detects, "starts_from_victim": self.starts_from_victim}
 
     def is_variant(self, params: Mapping[str, Any]) -> bool:
         """True when ``params`` (a run's defense parameters) set every variant parameter."""

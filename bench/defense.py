@@ -9,7 +9,9 @@ what it is and what it needs:
   train-stage defenses always get it;
 * ``needs_reserve`` and ``reserve_labels``: the clean reserve (clean versions of a seeded fraction
   of the training set), with or without labels;
-* ``detects``: it returns per-sample scores and/or flags over the training set.
+* ``detects``: it returns per-sample scores and/or flags over the training set;
+* ``starts_from_victim``: a train-stage defense whose first phase is the cell's standard training
+  gets the cell's backdoored model (``ctx.model``) in its place, and is charged that training.
 
 :meth:`Defense.run` receives a :class:`DefenseContext` and returns a :class:`DefenseOutput`.
 
@@ -107,6 +109,12 @@ _FORBIDDEN = {
 }
 
 
+def hands_model(declaration: dict) -> bool:
+    """Whether a declaration is handed the cell's backdoored model: a repair defense's, or a
+    train-stage defense's that starts from it."""
+    return declaration.get("stage") == "repair" or bool(declaration.get("starts_from_victim"))
+
+
 class DefenseContext:
     """Everything a defense is handed, and nothing else (see the module docstring)."""
 
@@ -142,9 +150,10 @@ class DefenseContext:
 
     @property
     def model(self) -> nn.Module:
-        """A private copy of the backdoored model (repair defenses)."""
+        """A private copy of the backdoored model (repair defenses, and train-stage defenses that
+        start from it)."""
         if self._model is None:
-            raise self._undeclared("the backdoored model", "stage = 'repair'")
+            raise self._undeclared("the backdoored model", "stage = 'repair' (or, training, starts_from_victim)")
         return self._model
 
     @property
@@ -226,6 +235,7 @@ class Defense:
     needs_reserve: ClassVar[bool] = False
     reserve_labels: ClassVar[bool] = True
     detects: ClassVar[bool] = False
+    starts_from_victim: ClassVar[bool] = False   # train stage: the victim stands for its standard training
     card: ClassVar[DefenseCard | None] = None     # the plug-in's declaration (bench.card); sets the above
     name: ClassVar[str] = "defense"
 
@@ -243,7 +253,7 @@ class Defense:
         repairs) sets ``self.needs_reserve`` in ``__init__``."""
         return {"stage": cls.stage, "needs_train": cls.needs_train or cls.stage == "train",
                 "needs_reserve": cls.needs_reserve, "reserve_labels": cls.reserve_labels,
-                "detects": cls.detects}
+                "detects": cls.detects, "starts_from_victim": cls.stage == "train" and cls.starts_from_victim}
 
     def reserve_fraction(self, suite_fraction: float) -> float:
         """The reserve fraction this defense uses (its ``reserve_fraction`` param, else the suite's)."""

@@ -18,7 +18,7 @@ import torch
 from bench.budget import Budget
 from bench.cell import Cell
 from bench.data import Split
-from bench.defense import CellInfo, DefenseConfigError, DefenseContext
+from bench.defense import CellInfo, DefenseConfigError, DefenseContext, hands_model
 from bench.spec import RunSpec
 
 
@@ -55,12 +55,11 @@ def defense_inputs(cell: Cell, spec: RunSpec, declaration: dict, model: torch.nn
     reserve = None
     if declaration.get("needs_reserve"):
         reserve = reserve_for(cell, float(declaration["reserve_fraction"]), bool(declaration.get("reserve_labels")))
-    repair = declaration.get("stage") == "repair"
     return {
         "train_x": None if train is None else train.x, "train_y": None if train is None else train.y,
         "reserve_x": None if reserve is None else reserve.x, "reserve_y": None if reserve is None else reserve.y,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if (repair and model is not None) else None,
+        if (hands_model(declaration) and model is not None) else None,
         "architecture": cell.architecture.to_dict(),
         "train_config": dataclasses.asdict(cell.train_config),
         "budget": spec.budget.to_dict(),
@@ -83,5 +82,5 @@ def build_context(defense, cell: Cell, model: torch.nn.Module | None, checkpoint
         train_config=cell.train_config, seed=seeds["seed"],
         model_factory=lambda: cell.architecture.build(seeds["model_seed"]),
         train=cell.poisoned.data.clone() if decl["needs_train"] else None,
-        model=copy.deepcopy(model) if (decl["stage"] == "repair" and model is not None) else None,
+        model=copy.deepcopy(model) if (hands_model(decl) and model is not None) else None,
         reserve=reserve, checkpoint_cb=checkpoint_cb)

@@ -39,11 +39,15 @@ class Job:
         return self.spec.label()
 
 
-def defense_stage(name: str) -> str:
-    """``train`` (a training-time defense) or ``repair`` (it works on the backdoored model)."""
+def defense_stage(spec: RunSpec) -> str:
+    """The job kind of a spec's defense: ``train`` (a training-time defense that trains from
+    scratch) or ``repair`` (it works on the backdoored model: a repair defense, or a train-stage
+    one that starts from the victim, which therefore waits for the cell's model like a repair)."""
+    from bench.defense import hands_model
     from bench.registry import DEFENSES
 
-    return getattr(DEFENSES.get(name).obj, "stage", "repair")
+    defense = DEFENSES.create(spec.defense, **dict(spec.defense_params))
+    return "repair" if hands_model(defense.declaration()) else "train"
 
 
 def model_cached(cache_dir: Path, spec: RunSpec, salt: str) -> bool:
@@ -98,7 +102,7 @@ def plan(specs: list[RunSpec], store: "Store", cache_dir: Path, salt: str, *, fo
             models_planned.add(others[0].model_id)
             backdoor.append(Job("artifact", _artifact_spec(others[0])))
         for s in others:
-            stage = defense_stage(s.defense)
+            stage = defense_stage(s)
             (train if stage == "train" else repair).append(job("train" if stage == "train" else "repair", s))
     return reuse_last(backdoor + train + repair), counts
 

@@ -24,7 +24,7 @@ import torch
 from bench import artifacts, engine
 from bench.cell import Cell, backdoored_model, build_cell
 from bench.datasets import default_cache_dir
-from bench.defense import DefenseConfigError
+from bench.defense import DefenseConfigError, hands_model
 from bench.inputs import build_context, cell_info, defense_inputs  # noqa: F401 - build_context: plug-in tests
 from bench.isolation import run_isolated
 from bench.outcome import failed_record, make_record, restore_model  # noqa: F401 - failed_record: dispatch
@@ -62,17 +62,21 @@ def _defense_request(spec: RunSpec, cell: Cell) -> dict:
 def run_defense(spec: RunSpec, cell: Cell, cache_dir=None, isolation: str = "process",
                 hide: tuple[str, ...] = ()) -> tuple[dict, dict | None]:
     """The defense's result (data from its process: weights, scores, logs, cost) and, if the
-    backdoored model was needed, its metadata. Clean cells reuse a cached output."""
+    backdoored model was needed, its metadata. Clean cells reuse a cached output. A train-stage
+    defense that starts from the backdoored model is charged its training (:func:`charge_victim`)."""
     bd: dict = {}
 
     def provide(declaration: dict) -> dict:
         model = None
-        if declaration.get("stage") == "repair":
+        if hands_model(declaration):
             model, bd["meta"] = backdoored_model(cell, cache_dir)
+            bd["starts_from_victim"] = declaration.get("stage") == "train"
         return defense_inputs(cell, spec, declaration, model)
 
     def compute():
         res = run_isolated(_defense_request(spec, cell), provide, mode=isolation, hide=hide)
+        if bd.get("starts_from_victim"):
+            res = charge_victim(res, bd["meta"])
         return res, {"wall_s": res["wall_s"], "epochs_equiv": res["epochs_equiv"], "defense": spec.defense}
 
     if not spec.is_clean:
@@ -80,6 +84,16 @@ def run_defense(spec: RunSpec, cell: Cell, cache_dir=None, isolation: str = "pro
     key = clean_defense_id(spec, cell.salt_id)
     res, _, hit = artifacts.cached(Path(cache_dir or default_cache_dir()) / "defended", key, compute)
     return dict(res, artifact=f"{key}.pt", cache_hit=hit), bd.get("meta")
+
+
+def charge_victim(res: dict, bd_meta: dict) -> dict:
+    """A train-stage defense's result charged with the standard training it started from (the
+    cell's backdoored model): its passes, its wall time, and its phases first, each marked
+    ``"charged"`` (what the defense would have trained itself; done once per cell instead)."""
+    charged = [{**ph, "phase": f"{ph['phase']} (charged: the cell's backdoored model)", "charged": True}
+               for ph in bd_meta.get("phases") or []]
+    return {**res, "epochs_equiv": res["epochs_equiv"] + bd_meta["epochs_equiv"],
+            "wall_s": res["wall_s"] + bd_meta["wall_s"], "phases": charged + list(res.get("phases") or [])}
 
 
 def _private_folders(data_root, cache_dir) -> list[str]:

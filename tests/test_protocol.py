@@ -66,6 +66,32 @@ class ReserveUser(Defense):
                                               "reserve_labelled": ctx.reserve.y is not None})
 
 
+@DEFENSES.register("_test_trainer")
+class Trainer(Defense):
+    """A train-stage defense that does not start from the victim, yet asks for the model."""
+
+    stage = "train"
+
+    def run(self, ctx):
+        try:
+            ctx.model
+            got = "GOT IT"
+        except ProtocolError as exc:
+            got = str(exc)
+        return DefenseOutput(ctx.new_model(), info={"model": got})
+
+
+@DEFENSES.register("_test_from_victim")
+class FromVictim(Defense):
+    """A train-stage defense that starts from the victim and returns it unchanged."""
+
+    stage = "train"
+    starts_from_victim = True
+
+    def run(self, ctx):
+        return DefenseOutput(ctx.model, info={"train": len(ctx.train)})
+
+
 SPEC = dict(dataset="digits", model="cnn_tiny", attack="_test_stamp", poison_ratio=0.1,
             dataset_params={"image_size": 16}, train={"epochs": 1, "batch_size": 64, "lr": 0.05})
 
@@ -90,6 +116,34 @@ def test_reserve_is_only_what_was_declared():
     n_total = record["n_train"] + record["reserve_size"]   # the reserve was carved out first
     assert record["defense_info"]["reserve_len"] == record["reserve_size"] == int(0.05 * n_total)
     assert record["defense_info"]["reserve_labelled"] is False
+
+
+def test_a_train_stage_defense_gets_the_victim_only_when_it_starts_from_it(tmp_path):
+    from bench.plan import defense_stage
+
+    record, _ = execute(RunSpec(defense="_test_trainer", **SPEC), cache_dir=tmp_path)
+    assert "did not declare" in record["defense_info"]["model"] and "starts_from_victim" in record["defense_info"]["model"]
+    assert defense_stage(RunSpec(defense="_test_trainer", **SPEC)) == "train"
+
+    spec = RunSpec(defense="_test_from_victim", **SPEC)
+    assert defense_stage(spec) == "repair"     # it waits for the cell's model as a repair does
+    record, _ = execute(spec, cache_dir=tmp_path)
+    none, _ = execute(RunSpec(defense="none", **SPEC), cache_dir=tmp_path)
+    # the very model the no-defense row evaluates, and the training set as declared
+    assert (record["acc"], record["asr"]) == (none["acc"], none["asr"])
+    assert record["defense_info"]["train"] == record["n_train"]
+    # charged with that training: its passes, time and phases, marked, ahead of its own (none here)
+    assert record["epochs_equiv"] == pytest.approx(none["epochs_equiv"]) and record["epochs_equiv"] > 0
+    assert record["wall_s"] >= none["wall_s"]
+    assert [ph["steps"] for ph in record["phases"]] == [ph["steps"] for ph in none["phases"]]
+    assert all(ph["charged"] and "charged" in ph["phase"] for ph in record["phases"])
+
+
+def test_starts_from_victim_is_refused_on_a_repair_card():
+    from bench.card import CardError, DefenseCard
+
+    with pytest.raises(CardError, match="starts_from_victim is for train-stage"):
+        DefenseCard(name="x", stage="repair", starts_from_victim=True)
 
 
 def test_poisoned_samples_keep_positions_and_8bit_grid():

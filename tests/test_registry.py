@@ -126,7 +126,7 @@ def test_a_card_declares_once_and_the_class_attributes_follow():
                                      detects=True))
     assert (cls.stage, cls.needs_reserve, cls.reserve_labels, cls.detects) == ("train", True, False, True)
     assert cls.declaration() == {"stage": "train", "needs_train": True, "needs_reserve": True,
-                                 "reserve_labels": False, "detects": True}
+                                 "reserve_labels": False, "detects": True, "starts_from_victim": False}
     assert cls.declaration() == cls.card.declaration()
     with pytest.raises(CardError, match="declared both in its card and as class attribute"):
         type("Twice", (Defense,), {"card": DefenseCard(name="_twice", stage="train"), "stage": "train"})

@@ -12,6 +12,7 @@ from bench.consistency import kl_consistency, patch_masks
 from bench.defense import CellInfo, DefenseConfigError
 from bench.metrics import auroc
 from bench.registry import DEFENSES, ParamsError, params_to_dict
+from bench.cell import backdoored_model
 from bench.runner import build_cell, build_context, execute
 from bench.spec import RunSpec
 from bench.suite import expand, load_suite, validate
@@ -171,13 +172,21 @@ def test_each_reading_runs_and_logs_its_rounds(readings, monkeypatch):
     monkeypatch.setattr(meca_module, "paired_unlearning_loss", spy_loss)
     defense = DEFENSES.create("meca", preset="spec-v1", iterations=2, enhance_epochs=1, **readings)
     p = defense.params
-    tags = []
-    ctx = build_context(defense, cell, None, checkpoint_cb=lambda tag, m: tags.append(tag))
+    # a full warm-up is the cell's standard training: the cell's backdoored model stands for it
+    victim = backdoored_model(cell)[0] if p.warmup == "full" else None
+    fits.clear()
+    assert defense.declaration()["starts_from_victim"] == (p.warmup == "full")
+    tags, round0 = [], {}
+    ctx = build_context(defense, cell, victim, checkpoint_cb=lambda tag, m: (
+        tags.append(tag), round0.setdefault("state", copy.deepcopy(m.state_dict()))))
     out = defense.run(ctx)
 
     assert tags == ["enhance_round0", "enhance_round1", "enhance_round2"]
-    warm = fits[0]
-    assert warm[0] == "meca warm-up" and warm[1] == (ctx.train_config.epochs if p.warmup == "full" else ctx.budget.epochs(5))
+    if p.warmup == "full":
+        assert fits[0][0] == "meca enhance 1"
+        assert all(torch.equal(v, victim.state_dict()[k]) for k, v in round0["state"].items())
+    else:
+        assert fits.pop(0) == ("meca warm-up", ctx.budget.epochs(5), n)
     assert ctx.train_config.epochs == 2 and ctx.budget.epochs(5) == 1
     # D_c follows the schedule and, accumulated, keeps every earlier pick
     dc = [ctx.sample_logs[f"dc_round{k}"].bool() for k in (1, 2)]
