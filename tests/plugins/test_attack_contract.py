@@ -169,8 +169,11 @@ def test_end_to_end_backdoor(name, tmp_path):
 
 # -- end to end: the attacks that train a model first (Narcissus, LC, IAD) -------------------------
 E2E_MODEL = {   # ratio, attack params (tiny budgets), ASR it must beat (chance is about 0.1), clean ACC
-    # Narcissus's victim sees 800 images for 4 epochs: clean ACC 0.72-0.82 over seeds 0-2
-    "narcissus": (0.08, {"trigger_epochs": 120, "trigger_lr": 0.05}, 0.35, 0.65),
+    # Narcissus's victim sees 800 images for 4 epochs: clean ACC 0.74-0.86 over seeds 0-4. Its
+    # trigger needs 300 epochs on the surrogate: at 120, ASR over seeds 0-4 was 0.31 / 0.12 / 0.64 /
+    # 0.69 / 0.37 on one machine (median of seeds 0-2 under the bar, above it on another CPU); at
+    # 300, 0.75 / 0.23 / 0.74 / 0.72 / 0.76
+    "narcissus": (0.08, {"trigger_epochs": 300, "trigger_lr": 0.05}, 0.35, 0.65),
     # LC at 8 epochs, one thread: ASR 0.18 / 0.33 / 0.25 over seeds 0-2 (median 0.25)
     "lc": (0.1, {}, 0.15, 0.75),
     # IAD at 4 epochs spans ASR 0.03-0.79 over seeds 0-4 (either memory layout); at 8 epochs 0.36-0.64
