@@ -35,6 +35,7 @@ estimate beside the measured times (:mod:`bench.reports.estimate_check`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -136,6 +137,11 @@ def job_cost(job, facts: CellFacts) -> JobCost:
                    if defense.declaration()["needs_reserve"] else 0)
         sizes = CellSizes(n_victim, reserve, facts.num_classes, cfg.epochs, cfg.batch_size, spec.budget)
         jc.phases = phase_costs(declared, defense.params, sizes)
+        if defense.declaration().get("starts_from_victim") and jc.phases:
+            # its first phase is the cell's standard training, which the backdoored model stands
+            # for: charged (counted in its trainings), not computed (no time)
+            first = jc.phases[0]
+            jc.phases[0] = dataclasses.replace(first, what=f"{first.what} (charged: the cell's model)", weight=0.0)
     jc.images = sum(p.images for p in jc.phases)
     jc.work = sum(p.work for p in jc.phases)
     return jc

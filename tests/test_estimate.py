@@ -265,3 +265,23 @@ def test_every_shipped_defense_declares_its_cost():
     missing = [n for n in DEFENSES.list("*") if not n.startswith("_")
                and getattr(DEFENSES.get(n).card, "cost_phases", None) is None]
     assert not missing, f"defenses without cost_phases on their card: {missing}"
+
+
+def test_a_defense_that_starts_from_the_victim_is_charged_its_first_phase_without_time(tmp_path):
+    """MeCa's full warm-up is the cell's backdoored model: counted in its trainings, no compute."""
+    from bench.estimate import CellFacts, job_cost
+    from bench.plan import Job
+    from bench.spec import RunSpec
+
+    facts = CellFacts(400, 10, (3, 32, 32), 100)
+    costs = {}
+    for warmup in ("epochs", "full"):
+        spec = RunSpec(dataset="digits", model="cnn_tiny", attack="badnet", poison_ratio=0.1, defense="meca",
+                       defense_params={"warmup": warmup}, train={"epochs": 2, "batch_size": 32})
+        costs[warmup] = job_cost(Job("repair" if warmup == "full" else "train", spec), facts)
+    own, charged = costs["epochs"].phases[0], costs["full"].phases[0]
+    assert charged.what.startswith("warm-up") and "charged" in charged.what and charged.weight == 0
+    assert charged.images == costs["full"].standard and own.images != charged.images
+    assert costs["full"].trainings == pytest.approx(
+        costs["epochs"].trainings + (charged.images - own.images) / costs["full"].standard)
+    assert costs["full"].work == pytest.approx(costs["epochs"].work - own.work)
