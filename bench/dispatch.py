@@ -90,9 +90,10 @@ class WorkerOptions:
     in_process: bool
     scheduler_pid: int | None   # workers exit when this process ends (None: they never do)
     isolation: str = "process"  # how defense processes are isolated (bench.isolation)
+    cpu_bf16: bool = False      # bfloat16 autocast on the CPU too (engine.Runtime.cpu_amp)
 
     def setup_key(self) -> tuple:
-        return (self.device, self.threads, self.jobs_per_gpu, tuple(self.imports), self.in_process)
+        return (self.device, self.threads, self.jobs_per_gpu, tuple(self.imports), self.in_process, self.cpu_bf16)
 
 
 # -- the worker side --------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def setup_worker(opts: WorkerOptions) -> None:
         torch.cuda.set_device(idx)
     elif dev == "auto":
         dev = "cpu"
-    engine.configure(device=dev, progress=False)
+    engine.configure(device=dev, progress=False, cpu_amp=opts.cpu_bf16)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     _WORKER["key"] = key

@@ -3,8 +3,8 @@
 Data are uint8 tensors held in memory (on the GPU when there is one); a batch becomes float
 [0, 1] pixels and is augmented on the device (random crop with zero padding, horizontal flip), in
 the style of airbench. :func:`fit` trains one model (or several together) with SGD or Adam and a
-cosine, step, one-cycle or constant schedule, under bf16 autocast and channels-last on CUDA, with
-an optional ``torch.compile``. A custom ``loss_fn(model, batch)`` lets defenses change the
+cosine, step, one-cycle or constant schedule, under bf16 autocast and channels-last on CUDA (bf16
+on the CPU too with ``cpu_amp``, ``run --cpu-bf16``), with an optional ``torch.compile``. A custom ``loss_fn(model, batch)`` lets defenses change the
 objective (unlearning, distillation, mutual learning) without writing a loop of their own; labels
 are optional, so unlabeled data trains too.
 
@@ -43,7 +43,7 @@ class Runtime:
 
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU unless cpu_amp)
-    cpu_amp: bool = False          # with amp: bf16 autocast on the CPU too (tests exercise the CUDA path)
+    cpu_amp: bool = False          # with amp: bf16 autocast on the CPU too (``run --cpu-bf16``)
     channels_last: bool = True     # channels-last memory format (CUDA, and oneDNN convolutions on CPU)
     compile: bool = False          # torch.compile the model inside fit()
     progress: bool = False         # tqdm bars over epochs
@@ -73,11 +73,27 @@ def device() -> torch.device:
     return _RUNTIME.torch_device()
 
 
+def compute_dtype(dev: torch.device | None = None) -> str:
+    """``"bf16"`` where the engine computes under bfloat16 autocast on ``dev`` (CUDA with ``amp``;
+    the CPU with ``amp`` and ``cpu_amp``), else ``"fp32"``. Records carry it (``compute_dtype``)."""
+    dev = dev or device()
+    if _RUNTIME.amp and (dev.type == "cuda" or (dev.type == "cpu" and _RUNTIME.cpu_amp)):
+        return "bf16"
+    return "fp32"
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX, through oneDNN): elsewhere
+    bf16 autocast on the CPU is emulated and slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(dev: torch.device):
-    if dev.type == "cuda" and _RUNTIME.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if dev.type == "cpu" and _RUNTIME.amp and _RUNTIME.cpu_amp:  # off by default: tests only
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if compute_dtype(dev) == "bf16":
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -194,6 +194,7 @@ class Calibration:
     threads: int
     device: str
     forward_images_per_s: float | None = None   # inference; None: not measured
+    dtype: str = "fp32"                          # the engine's compute dtype while timed (bf16: --cpu-bf16)
 
     @property
     def images_per_s(self) -> float:
@@ -202,7 +203,7 @@ class Calibration:
 
 def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, threads: int | None = None,
               device: str = "cpu", min_steps: int = 3, min_seconds: float = 1.0,
-              max_seconds: float = 5.0) -> Calibration:
+              max_seconds: float = 5.0, cpu_bf16: bool = False) -> Calibration:
     """Time a few training steps of ``model`` through the engine (:func:`bench.engine.fit`, one
     step per call: augmentation, channels-last, optimiser) on random images of ``image_shape``,
     after one warm-up step: at least ``min_steps`` steps and ``min_seconds``, fewer than
@@ -215,7 +216,8 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
     180-268 training images/s, the victims of cifar10-cpu-quick then trained at 237 with two
     workers side by side; timing the workers side by side (processes started together) gave
     143-196, no steadier. The calibration's noise is larger than the side-by-side effect, so one
-    worker is timed, and the estimate is read as +-25 %."""
+    worker is timed, and the estimate is read as +-25 %. ``cpu_bf16``: timed under bfloat16
+    autocast, as ``run --cpu-bf16`` computes."""
     import torch
 
     from bench import engine
@@ -226,7 +228,7 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
     c, h, w = image_shape
     bs = max(1, min(int(batch_size), max(4, int(128 * (32 * 32) / (h * w)))))
     previous, previous_threads = engine.runtime(), torch.get_num_threads()
-    engine.configure(device=device, progress=False)
+    engine.configure(device=device, progress=False, cpu_amp=cpu_bf16)
     if threads:
         torch.set_num_threads(int(threads))
     try:
@@ -261,7 +263,8 @@ def calibrate(model: str, num_classes: int, image_shape, batch_size: int, *, thr
             if time.perf_counter() - t1 >= min(0.5, max_seconds):
                 break
         return Calibration(model, (c, h, w), bs, steps, elapsed, torch.get_num_threads(), device,
-                           forward_images_per_s=forward / (time.perf_counter() - t1))
+                           forward_images_per_s=forward / (time.perf_counter() - t1),
+                           dtype=engine.compute_dtype())
     finally:
         engine.configure(**vars(previous))
         torch.set_num_threads(previous_threads)
@@ -432,7 +435,7 @@ class Estimate:
         for cal in self.calibrations.values():
             fwd = (f", inference {cal.forward_images_per_s:,.0f} images/s" if cal.forward_images_per_s else "")
             out.append(f"- {cal.model} {cal.image_shape[-2]}x{cal.image_shape[-1]}: {cal.steps} steps of "
-                       f"{cal.batch_size} with {cal.threads} thread(s) = training "
+                       f"{cal.batch_size} with {cal.threads} thread(s) in {cal.dtype} = training "
                        f"{cal.images_per_s:,.0f} images/s per worker{fwd}")
         return out
 
@@ -502,9 +505,12 @@ def _load() -> float | None:
 
 def estimate(suite: str, jobs, *, data_root, cache_dir, salt: str | None = None, workers: int | None = None,
              threads: int | None = None, device_check: str | Path | None = None,
-             calibrate_fn=calibrate) -> Estimate:
+             calibrate_fn=calibrate, cpu_bf16: bool = False) -> Estimate:
     """The cost of ``jobs`` (see the module docstring). ``workers``/``threads``: the CPU workers
-    and the torch threads each gets (default: the scheduler's defaults on the CPU)."""
+    and the torch threads each gets (default: the scheduler's defaults on the CPU); ``cpu_bf16``:
+    the CPU computes under bfloat16 autocast (``run --cpu-bf16``)."""
+    import functools
+
     from bench.dispatch import cpu_cores
     from bench.registry import ATTACKS
 
@@ -524,7 +530,8 @@ def estimate(suite: str, jobs, *, data_root, cache_dir, salt: str | None = None,
             continue
         key = jc.calibration_key
         if key not in cals:
-            cals[key] = calibrate_fn(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads)
+            timed = functools.partial(calibrate_fn, cpu_bf16=True) if cpu_bf16 else calibrate_fn
+            cals[key] = timed(jc.model, jc.num_classes, jc.image_shape, jc.batch_size, threads=threads)
         cal = cals[key]
         forward = cal.forward_images_per_s
         jc.seconds_cpu = jc.work / cal.images_per_s + (jc.eval_images / forward if forward else 0.0)
@@ -546,7 +553,7 @@ def _needs_model(attacks, name: str) -> bool:
 
 
 def dry_run_lines(suite: str, jobs, *, results, data_root, cache_dir, salt: str | None = None,
-                  workers: int | None = None, device_check=None) -> list[str]:
+                  workers: int | None = None, device_check=None, cpu_bf16: bool = False) -> list[str]:
     """The estimate's lines for the dry run; a failure is one line saying why (the dry run goes on).
     ``device_check``: the JSON's path (default ``<results>/device-check.json``)."""
     import traceback
@@ -554,7 +561,7 @@ def dry_run_lines(suite: str, jobs, *, results, data_root, cache_dir, salt: str 
     path = Path(device_check) if device_check else default_device_check(results)
     try:
         est = estimate(suite, jobs, data_root=data_root, cache_dir=cache_dir, salt=salt, workers=workers,
-                       device_check=path)
+                       device_check=path, cpu_bf16=cpu_bf16)
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a dry run
         last = traceback.extract_tb(exc.__traceback__)[-1]
         return [f"cost estimate unavailable: {type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})"]

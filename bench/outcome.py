@@ -51,7 +51,8 @@ def restore_model(cell: Cell, weights: dict) -> tuple[torch.nn.Module, bool]:
 
 
 @lru_cache(maxsize=1)
-def environment() -> dict:
+def _installation() -> dict:
+    """What does not change within a process: library and code versions, host (git is slow)."""
     import numpy
     import timm
     import torchvision
@@ -61,13 +62,19 @@ def environment() -> dict:
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
     except Exception:  # noqa: BLE001
         code = "unknown"
+    return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "timm": timm.__version__,
+                         "numpy": numpy.__version__},
+            "code_version": code, "host": platform.node()}
+
+
+def environment() -> dict:
+    """Where and how this run computed: the installation, and the runtime as it is now (device,
+    torch threads, compute dtype), which a worker may change between runs."""
     dev = engine.device()
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else f"cpu ({platform.processor() or platform.machine()})",
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "timm": timm.__version__,
-                         "numpy": numpy.__version__},
-            "code_version": code, "host": platform.node(), "threads": torch.get_num_threads()}
+            **_installation(), "threads": torch.get_num_threads(), "compute_dtype": engine.compute_dtype(dev)}
 
 
 def _identity(spec: RunSpec) -> dict:

@@ -61,8 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "is reported (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layouts", action="store_true", help="instead of engine vs naive: the model's "
-                   "training and scoring steps in NCHW against channels-last, scoring under no_grad "
-                   "against inference_mode, and (with --compile) torch.compile, as ratios")
+                   "training and scoring steps in NCHW against channels-last, with bf16 autocast on a CPU "
+                   "that has it natively (run --cpu-bf16), scoring under no_grad against inference_mode, "
+                   "and (with --compile) torch.compile, as ratios")
     p.add_argument("--compile", action="store_true", help="with --layouts: also time torch.compile "
                    "(slow to warm up on a CPU)")
 
@@ -369,7 +370,10 @@ def layouts(model: torch.nn.Module, train, args) -> int:
     print(f"perf --layouts: model={args.model} batch_size={args.batch_size} device={dev} "
           f"torch_threads={torch.get_num_threads()}", flush=True)
     rows = []
-    for label, changes in [("NCHW", dict(channels_last=False)), ("channels-last", dict(channels_last=True))] + (
+    # bf16 autocast on the CPU (run --cpu-bf16) where the CPU has it natively; on CUDA it is the default
+    bf16 = [("channels-last + bf16", dict(channels_last=True, amp=True, cpu_amp=True))] \
+        if dev.type == "cpu" and engine.cpu_bf16_supported() else []
+    for label, changes in [("NCHW", dict(channels_last=False)), ("channels-last", dict(channels_last=True))] + bf16 + (
             [("channels-last + compile", dict(channels_last=True, compile=True))] if args.compile else []):
         previous = engine.runtime()
         engine.configure(**changes)

@@ -23,7 +23,8 @@ Fields of an ``ok`` record, by group:
   also alone as ``defense_cpu_s``); the budget (``budget_scale``, ``budget_min_steps``);
 * ``miniature``: true for a run of ``run --miniature`` (shrunken sizes, possibly generated stand-in
   data: its numbers measure nothing; the flag is part of the spec, so its run id is its own);
-* provenance: artifacts and cache hits, device, host, library and code versions, plug-in code
+* provenance: artifacts and cache hits, device, ``compute_dtype`` (``bf16`` under bfloat16 autocast:
+  CUDA by default, the CPU with ``run --cpu-bf16``; else ``fp32``), host, library and code versions, plug-in code
   hashes (``plugin_code``), timestamps, ``status`` and ``error``.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ COLUMNS = ["run_id", "suite", "dataset", "model", "attack", "poison_ratio", "tar
            "budget_min_steps", "miniature", "reserve_fraction", "n_train", "reserve_size", "n_test", "n_poison",
            "n_cover", "oracle", "cell_id", "salt_id", "isolation", "backdoor_artifact",
            "backdoor_cache_hit", "defense_artifact", "defense_cache_hit", "data_fingerprint", "device",
-           "host", "code_version", "plugin_code", "versions", "started_at", "finished_at", "phases",
+           "compute_dtype", "host", "code_version", "plugin_code", "versions", "started_at", "finished_at", "phases",
            "extra", "defense_info"]
 FLOAT_COLUMNS = ("poison_ratio", "acc", "asr", "ra", "acc_nodef", "asr_nodef", "der", "tpr", "fpr",
                  "precision", "auroc", "wall_s", "epochs_equiv", "trainings", "total_wall_s", "cpu_s", "defense_cpu_s",

@@ -55,7 +55,8 @@ def _defense_request(spec: RunSpec, cell: Cell) -> dict:
             "cell": {"num_classes": info.num_classes, "image_shape": list(info.image_shape),
                      "n_train": info.n_train, "model_name": info.model_name,
                      "reserve_fraction": info.reserve_fraction, "reserve_size": info.reserve_size},
-            "runtime": {"device": str(engine.device()), "amp": rt.amp, "channels_last": rt.channels_last,
+            "runtime": {"device": str(engine.device()), "amp": rt.amp, "cpu_amp": rt.cpu_amp,
+                        "channels_last": rt.channels_last,
                         "compile": rt.compile, "progress": rt.progress, "threads": torch.get_num_threads()}}
 
 

@@ -16,8 +16,11 @@ moves it far more or fails outright. The learning rate is small (1e-3) so that t
 amplify the difference further (at 1e-2 ResNet-34's second step moved by 6e-2).
 
 Sizes: batch 8 of 16x16 images, two steps. The paths do not depend on the resolution, and on a
-CPU without native bf16 (the 2-core development machine) autocast's bf16 convolutions are several
-times slower than float32, so 32x32 would cost several times more for nothing.
+CPU without native bf16 autocast's bf16 convolutions are several times slower than float32, so
+32x32 would cost several times more for nothing.
+
+``run --cpu-bf16`` (the runtime's ``cpu_amp`` for a whole run): the evaluator and the defense's
+process both compute in bf16, and every record says which dtype it computed in.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ import torch.nn.functional as F
 
 from bench import engine
 from bench.data import Split
+from bench.defense import Defense, DefenseOutput
 from bench.engine import TrainConfig
 from bench.models import MODELS, create_model
+from bench.registry import DEFENSES
 
 SHIPPED = ["cnn_tiny", "cnn_small", "resnet_tiny", "resnet18", "resnet34", "mobilenetv2"]
 RTOL = 5e-2
@@ -100,3 +105,61 @@ def test_cpu_autocast_is_off_by_default():
         out = engine.map_batches(lambda x, y, i: torch.tensor([x.dtype == torch.float32, model(x).dtype == torch.float32]),
                                  data, batch_size=len(data))
     assert out.bool().all()
+
+
+# -- run --cpu-bf16: the whole run (evaluator and defense process) computes in bf16 and says so -----
+@DEFENSES.register("_dtype_probe")
+class DtypeProbe(Defense):
+    """Reports the compute dtype its own process was configured with."""
+
+    stage = "repair"
+
+    def run(self, ctx):
+        return DefenseOutput(ctx.model, info={"compute_dtype": engine.compute_dtype()})
+
+
+BF16_SUITE = """
+description = "cpu-bf16 test"
+datasets = [{name = "digits", params = {image_size = 16}}]
+models = ["cnn_tiny"]
+attacks = ["badnet"]
+ratios = [0.1]
+seeds = [0]
+defenses = ["none", "_dtype_probe"]
+[budget]
+epochs = 1
+n_train = 300
+n_test = 60
+"""
+
+
+def _run_bf16(tmp_path, *extra):
+    from bench.cli import main
+
+    path = tmp_path / "bf16.toml"
+    path.write_text(BF16_SUITE)
+    return main(["run", "--suite", str(path), "--results", str(tmp_path / "results"), "--device", "cpu",
+                 "--workers", "1", "--no-progress", *extra])
+
+
+def test_cpu_bf16_runs_the_evaluator_and_the_defense_in_bf16_and_records_it(tmp_path, monkeypatch):
+    from bench.store import Store
+
+    monkeypatch.setattr(engine, "cpu_bf16_supported", lambda: True)   # emulated where not native: slower, same path
+    assert _run_bf16(tmp_path, "--cpu-bf16") == 0
+    records = {r["defense"]: r for r in Store(tmp_path / "results").iter_records()}
+    assert {r["compute_dtype"] for r in records.values()} == {"bf16"}
+    assert records["_dtype_probe"]["defense_info"]["compute_dtype"] == "bf16"
+
+
+def test_records_say_fp32_without_it_and_the_flag_is_refused_where_bf16_is_not_native(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "cpu_bf16_supported", lambda: False)
+    assert _run_bf16(tmp_path, "--cpu-bf16") != 0
+    assert "--cpu-bf16: this CPU has no native bfloat16" in capsys.readouterr().out
+    assert not (tmp_path / "results" / "records").exists() or not any((tmp_path / "results" / "records").iterdir())
+    from bench.store import Store
+
+    assert _run_bf16(tmp_path) == 0
+    records = list(Store(tmp_path / "results").iter_records())
+    assert len(records) == 2 and {r["compute_dtype"] for r in records} == {"fp32"}
+    assert next(r for r in records if r["defense"] == "_dtype_probe")["defense_info"]["compute_dtype"] == "fp32"
