@@ -53,7 +53,7 @@ def results(tmp_path):
         # c01: the defaults; Fig. 6 right, detection right, final model right: passes
         _record("good", "meca", "cell", params=_params(), acc=0.67, asr=0.01, ra=0.66, tpr=1.0, fpr=0.0),
         # c02: ACC rises over the rounds and detection flags most clean samples: fails
-        _record("bad", "meca", "cell", params=_params(warmup="full"), acc=0.60, asr=0.30, ra=0.4,
+        _record("bad", "meca", "cell", params=_params(dc_select="accumulate"), acc=0.60, asr=0.30, ra=0.4,
                 tpr=1.0, fpr=0.7),
         # an evaluation cell (target 1): never counted
         _record("eval", "meca", "eval-cell", target=1, seed=0, params=_params(), acc=0.9, asr=0.0, tpr=1.0,
@@ -74,7 +74,7 @@ def test_development_table_checks_the_declared_claims(results):
     assert notes["evaluation_cells"] == 1 and len(runs) == 2 and len(failed) == 1
     configs, cells = dev.development_table(runs, failed)
     by = {r["configuration"]: r for _, r in configs.iterrows()}
-    good, bad, boom = by["defaults"], by["warmup=full"], by["coef_on=learn"]
+    good, bad, boom = by["defaults"], by["dc_select=accumulate"], by["coef_on=learn"]
     assert (good["config"], boom["config"], bad["config"]) == ("c01", "c02", "c03")   # defaults first, then by name
     assert good["pass"] and good["fig6_acc_falls"] == pytest.approx(0.38) and good["detection_fpr"] == 0.0
     assert not bad["pass"] and not bad["fig6_acc_falls ok"] and not bad["fig6_acc_never_rises ok"]
@@ -126,7 +126,7 @@ def test_configuration_ids_follow_the_suite_file():
     extra = json.dumps({"iterations": 3}, sort_keys=True)
     labels = _config_labels("meca", [order[6], order[1], extra], order)
     assert labels[order[1]][0] == "c02" and labels[order[6]][0] == "c07" and labels[extra][0] == "c11"
-    assert "warmup=full" in labels[order[1]][1]
+    assert "rho_schedule=step" in labels[order[1]][1]   # told apart from today's defaults
 
 
 def _config(cid, ok, values, *, cells=4, cost=2.0, n_clean=100, n_ml=100):

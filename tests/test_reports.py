@@ -132,7 +132,7 @@ def test_report_writes_every_file(tmp_path, tidy):
         assert (out / name).exists() and (out / name).stat().st_size > 0, name
     page = (out / "index.html").read_text()
     assert "Measured vs the MeCa paper" in page and "<td>BadNet</td>" in page   # the paper comparison's rows
-    assert "Where the defaults come from" not in page   # no defense run here declares its settings
+    assert "Where the defaults come from" in page and "<td>MeCa</td><td>patch_size</td>" in page   # MeCa declares its settings
     assert page.count("data:image/png;base64,") == sum(
         1 for paths in written["figures"].values() for p in paths if p.suffix == ".png")
 

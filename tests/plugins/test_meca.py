@@ -100,17 +100,25 @@ def test_check_refuses_patch_larger_than_images():
 
 
 def test_defaults_and_schedule():
+    from defenses.meca import FROZEN, SPEC_V1
+
     d = DEFENSES.create("meca")
-    p = d.params
+    # the development search's choice (fine-stage c01), frozen over the first reconstruction
+    assert FROZEN == {"warmup": "full", "rho_schedule": "ramp", "rho_max": 0.9, "eq11_reduction": "sum",
+                      "round_length": "all"}
+    assert params_to_dict(d.params) == params_to_dict(DEFENSES.create("meca", preset="spec-v1", **FROZEN).params)
+    assert d.declaration()["starts_from_victim"] and set(FROZEN) <= set(SPEC_V1)
+    assert [d.params.rho(k) for k in range(1, 6)] == pytest.approx([0.05, 0.2625, 0.475, 0.6875, 0.9])
+    p = DEFENSES.create("meca", preset="spec-v1").params   # the step schedule
     assert (p.patch_size, p.eps, p.unlearn_coef, p.partition_rate, p.iterations) == (2, 8 / 255, 0.05, 0.05, 5)
     assert not p.relabel_relearn and d.stage == "train" and d.detects
     assert [p.rho(k) for k in (1, 2, 5)] == pytest.approx([0.05, 0.10, 0.25])
-    assert DEFENSES.create("meca", partition_rate=0.2).params.rho(4) == 0.5   # capped at rho_max
+    assert DEFENSES.create("meca", preset="spec-v1", partition_rate=0.2).params.rho(4) == 0.5   # capped at rho_max
     # ramp: from partition_rate in round 1 to rho_max in round K
-    ramp = DEFENSES.create("meca", rho_schedule="ramp", rho_max=0.9).params
+    ramp = DEFENSES.create("meca", preset="spec-v1", rho_schedule="ramp", rho_max=0.9).params
     assert [ramp.rho(k) for k in range(1, 6)] == pytest.approx([0.05, 0.2625, 0.475, 0.6875, 0.9])
     # rho_max 1: no cap on the step schedule
-    assert DEFENSES.create("meca", rho_max=1.0, partition_rate=0.15).params.max_rho() == pytest.approx(0.75)
+    assert DEFENSES.create("meca", preset="spec-v1", rho_max=1.0, partition_rate=0.15).params.max_rho() == pytest.approx(0.75)
     # eq. 11's weights (a, b) of a * CE(D_u) - b * CE(D_c), for |D_c| = 900, |D_u| = 100
     w = {(r, c): DEFENSES.create("meca", eq11_reduction=r, coef_on=c).params.eq11_weights(900, 100)
          for r in ("mean", "sum") for c in ("unlearn", "learn")}
@@ -249,7 +257,7 @@ def test_meca_end_to_end_with_relabel_relearn():
     seeds 0-2 (ACC 0.93 -> 0.51 / 0.35 / 0.26, ASR 1.0, TPR 1.0, FPR 0.27-0.53, AUROC 0.90-0.93),
     where a second round at this lambda is not (ASR 0.70-1.0, TPR 0.69-0.99)."""
     iters = 1
-    spec = RunSpec(defense="meca", defense_params={"iterations": iters, "unlearn_coef": 0.5,
+    spec = RunSpec(defense="meca", defense_params={"preset": "spec-v1", "iterations": iters, "unlearn_coef": 0.5,
                                                    "relabel_relearn": True, "relearn_epochs": 2},
                    **{**BACKDOOR_SPEC, "budget_scale": 1.0, "dataset_params": {"image_size": 16}})
     record, diag = execute(spec)
