@@ -133,11 +133,12 @@ def job_cost(job, facts: CellFacts) -> JobCost:
         defense = DEFENSES.create(spec.defense, **spec.defense_params)
         info = CellInfo(facts.num_classes, facts.image_shape, n_victim, spec.model, spec.reserve_fraction,
                         facts.n_total - n_victim)
+        declaration = defense.declaration()
         reserve = (info.reserve_images(defense.reserve_fraction(spec.reserve_fraction))
-                   if defense.declaration()["needs_reserve"] else 0)
+                   if declaration["needs_reserve"] else 0)
         sizes = CellSizes(n_victim, reserve, facts.num_classes, cfg.epochs, cfg.batch_size, spec.budget)
         jc.phases = phase_costs(declared, defense.params, sizes)
-        if defense.declaration().get("starts_from_victim") and jc.phases:
+        if declaration["starts_from_victim"] and jc.phases:
             # its first phase is the cell's standard training, which the backdoored model stands
             # for: charged (counted in its trainings), not computed (no time)
             first = jc.phases[0]

@@ -131,6 +131,7 @@ class DefenseServer:
         if mode not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {mode!r}")
         self.mode, self.hide = mode, tuple(hide)
+        self.runs = 0   # defense runs in progress on this server (it is not retired while any is)
         self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._cwd = tempfile.mkdtemp(prefix="bench-defense-")
         # in a PID namespace the evaluator's pid means nothing: the control socket's end tells
@@ -199,7 +200,6 @@ def _sh(s: str) -> str:
 
 
 _SERVERS: dict[tuple, DefenseServer] = {}
-_IN_USE: dict[tuple, int] = {}   # defense runs in progress on each server
 _SERVERS_LOCK = threading.Lock()
 
 
@@ -209,15 +209,18 @@ def server(mode: str = "process", hide: tuple[str, ...] = ()) -> DefenseServer:
     evaluates several results folders in turn (a test session, a notebook) keeps one idle server,
     not one per folder it ever used. A server with a run in progress is never closed (in a PID
     namespace its exit would kill the run)."""
-    key = (mode, tuple(hide))
     with _SERVERS_LOCK:
-        srv = _SERVERS.get(key)
-        if srv is None or not srv.alive():
-            for other in [k for k in _SERVERS if k != key and not _IN_USE.get(k)]:
-                _SERVERS.pop(other).close()
-                _IN_USE.pop(other, None)
-            srv = _SERVERS[key] = DefenseServer(mode, hide)
-        return srv
+        return _server(mode, hide)
+
+
+def _server(mode: str, hide: tuple[str, ...]) -> DefenseServer:
+    key = (mode, tuple(hide))
+    srv = _SERVERS.get(key)
+    if srv is None or not srv.alive():
+        for other in [k for k, s in _SERVERS.items() if k != key and not s.runs]:
+            _SERVERS.pop(other).close()
+        srv = _SERVERS[key] = DefenseServer(mode, hide)
+    return srv
 
 
 @atexit.register
@@ -226,7 +229,6 @@ def _close_servers() -> None:
         for srv in _SERVERS.values():
             srv.close()
         _SERVERS.clear()
-        _IN_USE.clear()
 
 
 def run_isolated(request: dict, provide_inputs: Callable[[dict], dict], *, mode: str = "process",
@@ -234,11 +236,11 @@ def run_isolated(request: dict, provide_inputs: Callable[[dict], dict], *, mode:
     """Run one defense in its own process. ``request`` names the defense and the cell's public
     facts; ``provide_inputs(declaration)`` builds the declared inputs once the child has said what
     it needs. Returns the child's result message (data only)."""
-    key = (mode, tuple(hide))
     with _SERVERS_LOCK:
-        _IN_USE[key] = _IN_USE.get(key, 0) + 1
+        srv = _server(mode, hide)
+        srv.runs += 1
     try:
-        sock = server(mode, hide).session()
+        sock = srv.session()
         try:
             send(sock, request)
             reply = _answer(sock, "the defense's declaration")
@@ -248,7 +250,7 @@ def run_isolated(request: dict, provide_inputs: Callable[[dict], dict], *, mode:
             sock.close()
     finally:
         with _SERVERS_LOCK:
-            _IN_USE[key] = _IN_USE.get(key, 1) - 1
+            srv.runs -= 1
 
 
 def _answer(sock: socket.socket, what: str) -> dict:
