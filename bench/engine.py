@@ -5,8 +5,8 @@ Data are uint8 tensors held in memory (on the GPU when there is one); a batch be
 the style of airbench. :func:`fit` trains one model (or several together) with SGD or Adam and a
 cosine, step, one-cycle or constant schedule, under bf16 autocast and channels-last on CUDA (bf16
 on the CPU too with ``cpu_amp``, ``run --cpu-bf16``), with an optional ``torch.compile``. A custom
-``loss_fn(model, batch)`` lets defenses change the objective (unlearning, distillation, mutual learning) without writing a loop of their own; labels
-are optional, so unlabeled data trains too.
+``loss_fn(model, batch)`` lets defenses change the objective (unlearning, distillation, mutual
+learning) without writing a loop of their own; labels are optional, so unlabeled data trains too.
 
 Cost accounting: inside :func:`measure_cost` every sample that goes through a training step (and
 every sample of :func:`map_batches` with ``grad=True``) counts as one forward/backward pass;
