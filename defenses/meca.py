@@ -52,8 +52,8 @@ Choices where the paper's extracted text lost the numbers (the spec marks them *
   prediction; KL direction KL(f(x) || f(x')); scoring in eval mode without augmentation;
 * the readings of the ``SPEC_V1`` block (warm-up, K, the rho schedule, D_c selection, eq. 11's
   weighting, the round length; defaults = ``DEFAULTS``: ``SPEC_V1`` with the development search's
-  choice ``FROZEN``, see the block below; the ``spec-v1`` preset keeps the first reconstruction). With ``warmup="epochs"``
-  the warm-up has the shape of the cell's standard recipe (optimizer, lr, schedule, batch size,
+  choice ``FROZEN``, see the block below; the ``spec-v1`` preset keeps the first reconstruction).
+  With ``warmup="epochs"`` the warm-up has the shape of the cell's standard recipe (optimizer, lr, schedule, batch size,
   augmentation), its length set to the warm-up's;
 * enhancement: SGD lr 0.01 (``enhance_lr``), momentum 0.9, wd 5e-4, constant learning rate, the
   standard recipe's batch size and augmentation;
