@@ -53,8 +53,8 @@ Choices where the paper's extracted text lost the numbers (the spec marks them *
 * the readings of the ``SPEC_V1`` block (warm-up, K, the rho schedule, D_c selection, eq. 11's
   weighting, the round length; defaults = ``DEFAULTS``: ``SPEC_V1`` with the development search's
   choice ``FROZEN``, see the block below; the ``spec-v1`` preset keeps the first reconstruction).
-  With ``warmup="epochs"`` the warm-up has the shape of the cell's standard recipe (optimizer, lr, schedule, batch size,
-  augmentation), its length set to the warm-up's;
+  With ``warmup="epochs"`` the warm-up has the shape of the cell's standard recipe (optimizer, lr,
+  schedule, batch size, augmentation), its length set to the warm-up's;
 * enhancement: SGD lr 0.01 (``enhance_lr``), momentum 0.9, wd 5e-4, constant learning rate, the
   standard recipe's batch size and augmentation;
 * each D_u batch is paired with a D_c batch of the same size (at most |D_c|) drawn cyclically from
