@@ -44,17 +44,8 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
         written["tables"][stem] = table.write(out, stem)
     board = leaderboard(df, **thresholds)
     board_md = leaderboard_markdown(board)
-    n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
-    n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
-    n_att = df["attack"].nunique() if n_runs else 0
-    limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
-    summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
-               f"{n_seeds} seed(s). {caption(**limits)}")
-    n_mini = miniature_runs(df)
-    if n_mini:
-        summary = (f"**{n_mini} of these runs are miniature** (`run --miniature`: shrunken sizes, possibly "
-                   f"generated stand-in data, to check that a suite runs; their numbers measure nothing). "
-                   + summary)
+    summary = leaderboard_summary(df, **thresholds)
+    n_runs = len(df)
     (out / "leaderboard.md").write_text(f"# Leaderboard\n\n{summary}\n\n{board_md}")
     board.to_csv(out / "leaderboard.csv", index=False)
     written["leaderboard"] = out / "leaderboard.md"
@@ -83,6 +74,23 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
                                            {"Measured vs the MeCa paper, per CIFAR-10 cell": versus_paper_md,
                                             "Where the defaults come from": settings_md})
     return written
+
+
+def leaderboard_summary(df, **thresholds) -> str:
+    """The sentence above a leaderboard: what the runs cover, how they are ranked, and a warning
+    when some of them are miniature runs."""
+    n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
+    n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
+    n_att = df["attack"].nunique() if n_runs else 0
+    limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
+    summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
+               f"{n_seeds} seed(s). {caption(**limits)}")
+    n_mini = miniature_runs(df)
+    if n_mini:
+        summary = (f"**{n_mini} of these runs are miniature** (`run --miniature`: shrunken sizes, possibly "
+                   f"generated stand-in data, to check that a suite runs; their numbers measure nothing). "
+                   + summary)
+    return summary
 
 
 def miniature_runs(df) -> int:

@@ -119,10 +119,14 @@ class RunSpec:
             d.pop("attack_budget_scale", None)
         return stable_hash(d)
 
-    def label(self) -> str:
-        """``dataset/model/attack@ratio/defense/seedN``; a defense's explicit parameters (other
-        than its preset) follow its name, so two variants of one defense are told apart."""
+    def label(self, preset: bool = True) -> str:
+        """``dataset/model/attack@ratio/defense/seedN``; a defense's explicit parameters follow its
+        name, its named preset first (``meca(preset=spec-v1,rounds=8)``), so two variants of one
+        defense are told apart in every job list. ``preset=False`` leaves the preset out (the form
+        a ``--defenses`` filter written before presets were shown also matches)."""
         variant = {k: v for k, v in sorted(self.defense_params.items()) if k != "preset"}
+        if preset and self.defense_params.get("preset") is not None:
+            variant = {"preset": self.defense_params["preset"], **variant}
         defense = self.defense + (f"({','.join(f'{k}={v}' for k, v in variant.items())})" if variant else "")
         return (f"{self.dataset}/{self.model}/{self.attack}@{self.poison_ratio:g}/"
                 f"{defense}/seed{self.seed}")

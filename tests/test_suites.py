@@ -156,6 +156,20 @@ def test_a_filter_picks_one_variant_of_a_defense_by_its_label(tmp_path):
         apply_filters(specs, defenses="fine_tuning(epochs=4,lr=0.01)")
 
 
+def test_a_preset_shows_in_the_job_label_and_either_form_filters(tmp_path):
+    specs = expand(load_suite(toml(tmp_path, BASE + """
+        attacks = ["badnet"]
+        ratios = [0.05]
+        defenses = ["meca", {name = "meca", params = {preset = "spec-v1"}},
+                    {name = "meca", params = {preset = "spec-v1", rounds = 8}}]
+    """)))
+    labels = sorted(s.label().split("/")[3] for s in specs)
+    assert labels == ["meca", "meca(preset=spec-v1)", "meca(preset=spec-v1,rounds=8)"]
+    assert [s.defense_params for s in apply_filters(specs, defenses="meca(preset=spec-v1)")] == [{"preset": "spec-v1"}]
+    assert len(apply_filters(specs, defenses="meca(rounds=8)")) == 1     # the form without the preset
+    assert len(apply_filters(specs, defenses="meca(preset=*)")) == 2
+
+
 def test_malformed_and_structurally_wrong_suites_list_every_problem(tmp_path):
     with pytest.raises(SuiteError, match="malformed TOML"):
         load_suite(toml(tmp_path, "datasets = [", "m.toml"))

@@ -180,11 +180,13 @@ def _split(values: str | Iterable[str] | None) -> list[str]:
     return [v for v in items if v]
 
 
-def _variant(spec: RunSpec, attr: str) -> str:
-    """The name a filter pattern with parentheses is matched against: for defenses the variant
-    label of :meth:`RunSpec.label` (``meca(iterations=8,warmup=full)``, parameters sorted, the
-    preset left out), for the other axes the name."""
-    return spec.label().split("/")[3] if attr == "defense" else getattr(spec, attr)
+def _variants(spec: RunSpec, attr: str) -> tuple[str, ...]:
+    """The names a filter pattern with parentheses is matched against: for defenses the variant
+    label of :meth:`RunSpec.label` with its preset (``meca(preset=spec-v1,rounds=8)``) and
+    without (``meca(rounds=8)``), parameters sorted; for the other axes the name."""
+    if attr != "defense":
+        return (getattr(spec, attr),)
+    return tuple(dict.fromkeys(spec.label(preset=p).split("/")[3] for p in (True, False)))
 
 
 def _name_filter(specs: list[RunSpec], key: str, attr: str, patterns: list[str],
@@ -192,16 +194,17 @@ def _name_filter(specs: list[RunSpec], key: str, attr: str, patterns: list[str],
     """The positions a name filter keeps; a pattern matching none of the suite's names is a problem.
     A pattern with a parenthesis is matched against the variants' labels (one configuration of a
     defense that a suite runs with several)."""
-    def name(s: RunSpec, p: str) -> str:
-        return _variant(s, attr) if "(" in p else getattr(s, attr)
+    def names(s: RunSpec, p: str) -> tuple[str, ...]:
+        return _variants(s, attr) if "(" in p else (getattr(s, attr),)
 
     for p in patterns:
-        present = sorted({name(s, p) for s in specs})
+        present = sorted({n for s in specs for n in names(s, p)})
         if not any(fnmatch.fnmatchcase(n, p) for n in present):
             close = difflib.get_close_matches(p, present, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(f"--{key} '{p}' matches none of the suite's {key}{hint}: {', '.join(present)}")
-    return {i for i, s in enumerate(specs) if any(fnmatch.fnmatchcase(name(s, p), p) for p in patterns)}
+    return {i for i, s in enumerate(specs)
+            if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names(s, p))}
 
 
 def _number_filter(specs: list[RunSpec], key: str, attr: str, conv, raw: list[str],
