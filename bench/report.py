@@ -4,7 +4,8 @@ Writes ``<results>/report/``: ``table*.{md,tex,csv}`` (the MeCa paper's Tables I
 extended II/III), figures as PNG and PDF, ``leaderboard.md`` / ``leaderboard.csv``,
 ``ranking_comparison.md`` (the ranking by mean RA beside the old one by mean DER),
 ``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value),
-``estimate_vs_measured.md`` (a saved dry-run estimate beside the measured times, when the folder
+``cells.{md,csv}`` (every cell and defense variant with ACC, ASR, RA, TPR/FPR/AUROC, its victim
+and the paper's value: :mod:`bench.reports.cells`), ``estimate_vs_measured.md`` (a saved dry-run estimate beside the measured times, when the folder
 has one: :mod:`bench.reports.estimate_check`), ``settings.{md,csv}`` (where the defaults of the
 defenses run come from: the paper, a reconstruction, a development search:
 :mod:`bench.reports.settings`), ``cost.csv``
@@ -20,7 +21,9 @@ from bench.card import NO_DEFENSE
 from bench.files import UnsafeFileError
 from bench.estimate import ESTIMATE_REPORT
 from bench.reports import estimate_check
+from bench.reports.cells import cells_markdown, cells_table
 from bench.reports import figures as figs
+from bench.reports import audit
 from bench.reports import html as html_page
 from bench.reports.leaderboard import (add_threshold_arguments, caption, cost_table, leaderboard,
                                        leaderboard_markdown, ranking_comparison, ranking_comparison_markdown,
@@ -58,6 +61,14 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
     (out / "paper_comparison.md").write_text("# Measured vs the MeCa paper, per CIFAR-10 cell\n\n" + versus_paper_md)
     versus_paper.to_csv(out / "paper_comparison.csv", index=False)
     written["paper_comparison"] = out / "paper_comparison.md"
+    cells = cells_table(df)
+    cells_md = cells_markdown(cells)
+    (out / "cells.md").write_text(
+        "# Every cell and defense variant: repair and detection\n\n"
+        f"Seeds pooled (mean ± sd where seeds vary); values in percent; † = {audit.BROKEN_NOTE}.\n\n"
+        + cells_md)
+    cells.to_csv(out / "cells.csv", index=False)
+    written["cells"] = out / "cells.md"
     settings = settings_frame(sorted(set(df["defense"]) - {NO_DEFENSE}) if n_runs else [])
     settings_md = settings_markdown(settings)
     (out / "settings.md").write_text("# Where the defaults come from\n\n" + settings_md)
@@ -72,6 +83,7 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
     written["figures"] = figs.all_figures(df, results, out) if n_runs else {}
     written["html"] = html_page.write_page(out, board_md, tables, written["figures"], cost, summary,
                                            {"Measured vs the MeCa paper, per CIFAR-10 cell": versus_paper_md,
+                                            "Every cell and defense variant": cells_md,
                                             "Where the defaults come from": settings_md})
     return written
 

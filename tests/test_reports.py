@@ -330,3 +330,24 @@ def test_settings_say_where_each_default_comes_from(tmp_path, tidy):
     text = (tmp_path / "res" / "report" / "settings.md").read_text()
     assert "| NT-ML | ml_clean, ml_clean_fraction | reserve, 1.0 | development |" in text
     assert "Where the defaults come from" in (tmp_path / "res" / "report" / "index.html").read_text()
+
+
+def test_cells_table_pools_seeds_and_names_a_preset_variant_beside_the_paper(tidy):
+    from bench.reports.cells import cells_markdown, cells_table
+
+    spec_v1 = pd.DataFrame([_row("p", "badnet", "meca", 0.60, 0.90, params={"relabel_relearn": False}),
+                            _row("q", "badnet", "meca", 0.70, 0.80, seed=1, params={"relabel_relearn": False})])
+    spec_v1["spec"] = json.dumps({"defense_params": {"preset": "spec-v1"}})
+    df = pd.concat([tidy, spec_v1], ignore_index=True)
+    df.loc[df.run_id.isin(["p", "q"]), "tpr"] = [0.5, 0.7]
+    cells = cells_table(normalise(df))
+    badnet = cells[cells["attack"] == "BadNet"].set_index("defense")
+    assert list(badnet.index[:1]) == ["No Defense"]                    # the victim first
+    v1 = badnet.loc["MeCa [spec-v1]"]
+    assert v1["seeds"] == 2 and v1["ACC %"] == pytest.approx(65.0) and v1["TPR %"] == pytest.approx(60.0)
+    assert v1["ACC sd"] == pytest.approx(100 * np.std([0.6, 0.7], ddof=1))
+    assert bool(v1["broken model"]) and not bool(badnet.loc["MeCa", "broken model"])   # 65 vs 90 without defense
+    assert v1["paper ACC"] == pytest.approx(85.72) and badnet.loc["MeCa", "paper ASR"] == pytest.approx(0.0)
+    assert badnet.loc["FineTuning", "seeds"] == 2 and np.isnan(cells.loc[cells["attack"] == "Blend", "TPR %"]).all()
+    text = cells_markdown(cells)
+    assert "| MeCa [spec-v1] | 2 | 65.0 ± 7.1 † |" in text and "| 85.7 / 0.0 |" in text

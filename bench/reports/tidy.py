@@ -152,6 +152,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     df["budget_scale"] = df["budget_scale"].fillna(1.0)   # RunSpec's default, for rows written without it
     df["defense_params"] = df["defense_params"].map(_as_dict)
+    if "spec" in df.columns:   # the named preset a run started from (its record keeps the resolved values)
+        presets = df["spec"].map(lambda s: _as_dict(_as_dict(s).get("defense_params")).get("preset"))
+        df["defense_params"] = [dict(p, preset=n) if n else p for p, n in zip(df["defense_params"], presets)]
     df["params_key"] = df["defense_params"].map(lambda d: json.dumps(d, sort_keys=True))
     oracle = df["defense_params"].map(uses_oracle) if len(df) else pd.Series(dtype=bool)
     if len(df) and oracle.any():
@@ -160,31 +163,38 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=None)
-def default_params_key(defense: str) -> str | None:
-    """The canonical JSON of a defense's default parameters (None if it is not registered)."""
+def default_params_key(defense: str, preset: str | None = None) -> str | None:
+    """The canonical JSON of a defense's default parameters, or of its named ``preset``'s (None if
+    the defense is not registered or the preset does not build)."""
     from bench.registry import DEFENSES, params_to_dict
 
     entry = DEFENSES.lookup(base_name(defense))
     if entry is None:
         return None
     try:
-        return json.dumps(params_to_dict(entry.make_params()), sort_keys=True)
+        params = entry.make_params(preset=preset) if preset else entry.make_params()
+        return json.dumps(params_to_dict(params), sort_keys=True)
     except Exception:  # noqa: BLE001 - params that do not build on their own: no default row
         return None
 
 
 def variant_label(defense: str, params: dict) -> str:
     """A defense's display label, with the parameters that differ from its defaults, e.g.
-    ``MeCa (warmup_epochs=25)``; the default parameter set gets the plain label."""
-    default = default_params_key(defense)
+    ``MeCa (warmup_epochs=25)``; the default parameter set gets the plain label. A run from a named
+    preset is labelled by it, with what differs from the preset: ``MeCa [spec-v1] (rounds=8)``."""
+    preset = params.get("preset")
+    default = default_params_key(defense, preset) if preset else None
+    if default is None:
+        preset, default = None, default_params_key(defense)
     if default is None:
         return label("defense", defense)
     base = json.loads(default)
     changed = {k: v for k, v in sorted(params.items())
                if k != "preset" and json.dumps(base.get(k, "?"), default=str) != json.dumps(v, default=str)}
+    text = label("defense", defense) + (f" [{preset}]" if preset else "")
     if not changed:
-        return label("defense", defense)
-    return f"{label('defense', defense)} ({', '.join(f'{k}={v}' for k, v in changed.items())})"
+        return text
+    return f"{text} ({', '.join(f'{k}={v}' for k, v in changed.items())})"
 
 
 def main_budget_scale(df: pd.DataFrame) -> float | None:
