@@ -351,3 +351,18 @@ def test_cells_table_pools_seeds_and_names_a_preset_variant_beside_the_paper(tid
     assert badnet.loc["FineTuning", "seeds"] == 2 and np.isnan(cells.loc[cells["attack"] == "Blend", "TPR %"]).all()
     text = cells_markdown(cells)
     assert "| MeCa [spec-v1] | 2 | 65.0 ± 7.1 † |" in text and "| 85.7 / 0.0 |" in text
+
+
+def test_the_leaderboard_marks_runs_of_older_plugin_code(tidy):
+    from bench.reports.leaderboard import leaderboard_markdown
+    from bench.spec import plugin_code
+
+    df = tidy.copy()
+    df["plugin_code"] = [json.dumps({"attack": plugin_code("attack", a), "defense": plugin_code("defense", d)})
+                         for a, d in zip(df["attack"], df["defense"])]
+    df.loc[df.run_id == "e", "plugin_code"] = json.dumps({"attack": plugin_code("attack", "blend"),
+                                                          "defense": "0000000000000000"})
+    board = leaderboard(normalise(df)).set_index("defense")
+    assert board.loc["FineTuning", "older code runs"] == 1 and board.loc["MeCa", "older code runs"] == 0
+    text = leaderboard_markdown(board.reset_index())
+    assert "FineTuning (1 run(s) of older plug-in code)" in text and "MeCa (" not in text

@@ -36,7 +36,7 @@ import pandas as pd
 
 from bench.card import NO_DEFENSE
 from bench.reports import audit
-from bench.reports.tidy import label, load_runs, one_variant_per_defense
+from bench.reports.tidy import label, load_runs, older_code, one_variant_per_defense
 
 CELL = ["dataset", "model", "attack", "poison_ratio"]
 ASR_THRESHOLD = 0.20
@@ -79,6 +79,7 @@ def _defense_rows(df: pd.DataFrame, asr_threshold: float, max_acc_drop: float) -
             "mean DER": cells["der"].mean(), "DER spread": cells["der_std"].fillna(0).mean(),
             "clean ACC cost": audit.acc_drop(overall).iloc[1], "broken": bool(audit.broken(overall, max_acc_drop).any()),
             "epochs": part["epochs_equiv"].mean(), "cells": len(cells), "seeds": int(cells["seeds"].max()),
+            "older code runs": int(older_code(part).sum()),
         })
     return pd.DataFrame(rows)
 
@@ -145,7 +146,9 @@ def caption(asr_threshold: float = ASR_THRESHOLD, max_acc_drop: float = audit.MA
             f"works. Success = ASR ≤ {asr_threshold * 100:g} % and ACC drop ≤ {max_acc_drop * 100:g} points; "
             f"'{audit.BROKEN_MARK}' = ACC more than {max_acc_drop * 100:g} points below no defense (on attacked "
             f"or clean cells). DER is shown for comparison only: it caps the accuracy penalty by the ASR gain, "
-            f"so it rewards a broken model. Runs the audit flags are not ranked (see 'Flagged runs').")
+            f"so it rewards a broken model. Runs the audit flags are not ranked (see 'Flagged runs'); 'older "
+            f"plug-in code' marks runs made by another version of the attack or defense than the one "
+            f"installed (their numbers are that version's).")
 
 
 def leaderboard_markdown(board: pd.DataFrame, asr_threshold: float | None = None,
@@ -163,6 +166,8 @@ def leaderboard_markdown(board: pd.DataFrame, asr_threshold: float | None = None
         name = r["defense"] + (f" ({audit.BROKEN_MARK})" if r["broken"] else "")
         if r.get("flagged runs", 0):
             name += f" ({r['flagged runs']} flagged run(s) not ranked)"
+        if r.get("older code runs", 0):
+            name += f" ({r['older code runs']} run(s) of older plug-in code)"
         lines.append("| " + " | ".join([
             str(r["rank"]), name, _pm(r["mean RA"], r["RA spread"], r["seeds"]), _pct(r["mean ACC"]),
             _pct(r["mean ACC drop"]), _pct(r["mean ASR"]), _pct(r["worst ASR"]), _pct(r["success rate"]),

@@ -92,6 +92,24 @@ def is_variant(defense: str, params: dict) -> bool:
     return isinstance(found, DefenseCard) and found.is_variant(params)
 
 
+def older_code(df: pd.DataFrame) -> pd.Series:
+    """True for a run whose attack or defense plug-in code (the record's ``plugin_code``
+    fingerprints) differs from the plug-in installed now: its numbers are of an older version of
+    the method, and a report says so beside them. Runs without fingerprints are not marked."""
+    from bench.spec import plugin_code
+
+    if "plugin_code" not in df.columns or df.empty:
+        return pd.Series(False, index=df.index)
+
+    def stale(code, attack: str, defense: str) -> bool:
+        code = _as_dict(code)
+        return any(code.get(kind) not in (None, plugin_code(kind, name))
+                   for kind, name in (("attack", attack), ("defense", base_name(defense))))
+
+    return pd.Series([stale(c, a, d) for c, a, d in zip(df["plugin_code"], df["attack"], df["defense"])],
+                     index=df.index, dtype=bool)
+
+
 def uses_oracle(params: dict) -> bool:
     """True when any ``oracle_*`` parameter is set (not None/False/0): the run had knowledge a
     defender lacks, and every report shows it as a separate '(oracle)' entry."""
