@@ -65,10 +65,23 @@ def _results_salt(results: Path) -> str | None:
     return os.environ.get(SALT_ENV, "").strip() or _salt(results)
 
 
+def suite_run_ids(suite: str) -> set[str]:
+    """The run ids a shipped (or named) suite expands to today; empty when it does not load (a
+    suite file of another version: its records are still chosen by their ``suite`` field)."""
+    from bench.suite import expand, load_suite
+
+    try:
+        return {spec.run_id for spec in expand(load_suite(suite))}
+    except Exception:  # noqa: BLE001 - publishing never fails on a suite it cannot expand
+        return set()
+
+
 def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> int:
     """Copy the records of ``suite`` (all records without one) and the salt from ``results`` into
-    ``dest``; returns how many records were written. Records already in ``dest`` are replaced by
-    the results folder's version of the same run id."""
+    ``dest``; returns how many records were written. A suite's records are those written under its
+    name and those of its run ids that another suite computed (a results folder resumed from
+    another suite's published records reuses the runs they share). Records already in ``dest``
+    are replaced by the results folder's version of the same run id."""
     results, dest = Path(results), Path(dest)
     salt = _results_salt(results)
     if salt is None:
@@ -78,7 +91,9 @@ def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> 
     if old_salt is not None and old_salt != salt:
         raise ReferenceError(f"{dest} holds records of another salt: publish into a new folder, or "
                              f"resume {results} from {dest} first so that both share its draws")
-    chosen = {rid: rec for rid, rec in _records(results).items() if suite is None or rec.get("suite") == suite}
+    ids = suite_run_ids(suite) if suite else set()
+    chosen = {rid: rec for rid, rec in _records(results).items()
+              if suite is None or rec.get("suite") == suite or rid in ids}
     if not chosen:
         raise ReferenceError(f"{results} has no records" + (f" of suite '{suite}'" if suite else ""))
     (dest / RECORDS).mkdir(parents=True, exist_ok=True)

@@ -84,3 +84,15 @@ def test_publish_carries_the_suites_saved_estimate_and_no_other(published, no_en
     (first / "estimates" / "another-suite.json").write_text(json.dumps({"suite": "another-suite", "jobs": []}))
     assert publish(first, root / "ref-estimate") == len(records(first))
     assert sorted(p.name for p in (root / "ref-estimate" / "estimates").iterdir()) == [f"{suite}.json"]
+
+
+def test_publishing_a_suite_takes_the_runs_it_shares_with_the_suite_that_computed_them(published, no_env_salt):
+    root, _ = published
+    first = root / "first"
+    narrow = write_suite(root / "narrow.toml", SUITE.replace('"none", "_t_repair"', '"none"'))
+    shared = [rid for rid, rec in records(first).items() if rec["defense"] == "none"]
+    assert len(shared) == 1 and records(first)[shared[0]]["suite"] != "narrow"
+    assert publish(first, root / "ref-narrow", suite=str(narrow)) == 1     # computed under the other suite's name
+    assert [p.stem for p in (root / "ref-narrow" / "records").glob("*.json")] == shared
+    with pytest.raises(ReferenceError, match="no records of suite 'nowhere'"):
+        publish(first, root / "ref-none", suite="nowhere")
