@@ -167,3 +167,20 @@ def test_compare_rankings_command(tmp_path, broken_vs_weak, capsys):
     assert [c.strip() for c in rows["weak"]] == ["1", "2"] and [c.strip() for c in rows["breaker"]] == ["2", "1"]
     assert main([str(tmp_path)]) == 0 and "Flagged runs" in capsys.readouterr().out
     assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_a_partly_run_suite_says_so_and_ranks_on_the_cells_all_defenses_share(tmp_path, capsys):
+    df = table(run_row("a", "fine_tuning", 0.85, 0.90, attack="badnet"), run_row("b", "fine_tuning", 0.85, 0.90, attack="blend"),
+               run_row("c", "clp", 0.85, 0.10, attack="badnet"),
+               run_row("d", "fine_tuning", 0.85, 0.00, attack="sig"))     # only Fine-Tuning has Blend and SIG
+    board = leaderboard(df).set_index("defense")
+    assert board.loc["FineTuning", "cells"] == 3 and board.loc["CLP", "cells"] == 1
+    assert "cover different cells (1-3)" in leaderboard_markdown(leaderboard(df))
+    shared = leaderboard(df, shared_cells=True).set_index("defense")
+    assert list(shared["cells"]) == [1, 1] and shared.loc["FineTuning", "mean ASR"] == pytest.approx(0.90)
+    assert "Ranked on the 1 attacked cell(s) every defense has run" in leaderboard_markdown(leaderboard(df, shared_cells=True))
+    cmp = ranking_comparison(df, shared_cells=True).set_index("defense")
+    assert cmp.loc["CLP", "rank by mean DER"] == 1 and cmp.loc["CLP", "rank by mean RA"] == 1
+    save(df, tmp_path / "r")
+    assert main([str(tmp_path / "r"), "--shared-cells"]) == 0
+    assert "every defense has run" in capsys.readouterr().out

@@ -97,15 +97,29 @@ def _defended(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["defense"] != NO_DEFENSE]
 
 
+def common_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the cells (attacked or clean) that every defense in ``df`` has a run in: means
+    over different attacks are not comparable, so a partly run suite is ranked on what all share."""
+    if df.empty:
+        return df
+    keys = df[CELL].astype(str).agg("|".join, axis=1)
+    shared = set.intersection(*(set(keys[df["defense"] == d]) for d in df["defense"].unique()))
+    return df[keys.isin(shared)]
+
+
 def leaderboard(df: pd.DataFrame, asr_threshold: float = ASR_THRESHOLD, max_acc_drop: float = audit.MAX_ACC_DROP,
-                **audit_options) -> pd.DataFrame:
+                shared_cells: bool = False, **audit_options) -> pd.DataFrame:
     """The ranked board (one row per defense) from the tidy table, flagged runs left out.
 
+    ``shared_cells`` ranks on the cells every defense has run only (:func:`common_cells`); without
+    it, a board whose defenses cover different cells says so (``board.attrs["uneven_cells"]``).
     ``audit_options`` go to :func:`bench.reports.audit.flag_reasons` (e.g. ``acc_margin``). The
     thresholds travel with the board (``board.attrs``) so :func:`leaderboard_markdown` prints them."""
     check_fraction("asr_threshold", asr_threshold)
     check_fraction("max_acc_drop", max_acc_drop)
     df = _defended(df)
+    if shared_cells:
+        df = common_cells(df)
     if df.empty:
         return pd.DataFrame()
     is_flagged = audit.flagged(df, **audit_options)
@@ -115,7 +129,8 @@ def leaderboard(df: pd.DataFrame, asr_threshold: float = ASR_THRESHOLD, max_acc_
     counts = df[is_flagged].groupby("defense").size()
     rows["flagged runs"] = rows["name"].map(counts).fillna(0).astype(int)
     board = _ranked(rows, ["mean RA", "mean ASR", "mean ACC drop"], [False, True, True])
-    board.attrs.update(asr_threshold=asr_threshold, max_acc_drop=max_acc_drop)
+    board.attrs.update(asr_threshold=asr_threshold, max_acc_drop=max_acc_drop, shared_cells=shared_cells,
+                       uneven_cells=board["cells"].nunique() > 1)
     return board
 
 
@@ -162,6 +177,12 @@ def leaderboard_markdown(board: pd.DataFrame, asr_threshold: float | None = None
             f"success (ASR ≤ {t * 100:g}, ACC drop ≤ {d * 100:g})", "mean DER", "clean ACC cost",
             "cost (epochs)", "cells", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if board.attrs.get("uneven_cells"):
+        lines = [f"**The defenses cover different cells ({board['cells'].min()}-{board['cells'].max()}): their "
+                 f"means are over different attacks.** Rank on the cells all of them ran with `--shared-cells`.",
+                 ""] + lines
+    elif board.attrs.get("shared_cells"):
+        lines = [f"Ranked on the {board['cells'].iloc[0]} attacked cell(s) every defense has run.", ""] + lines
     for _, r in board.iterrows():
         name = r["defense"] + (f" ({audit.BROKEN_MARK})" if r["broken"] else "")
         if r.get("flagged runs", 0):
@@ -194,10 +215,13 @@ def flagged_markdown(flagged: pd.DataFrame) -> str:
 
 
 def ranking_comparison(df: pd.DataFrame, asr_threshold: float = ASR_THRESHOLD,
-                       max_acc_drop: float = audit.MAX_ACC_DROP, **audit_options) -> pd.DataFrame:
-    """The old ranking (mean DER over every run, no audit) beside the new one, per defense."""
-    old = _ranked(_defense_rows(_defended(df), asr_threshold, max_acc_drop), ["mean DER"], [False])
-    new = leaderboard(df, asr_threshold, max_acc_drop, **audit_options)
+                       max_acc_drop: float = audit.MAX_ACC_DROP, shared_cells: bool = False,
+                       **audit_options) -> pd.DataFrame:
+    """The old ranking (mean DER over every run, no audit) beside the new one, per defense (both on
+    the cells every defense ran with ``shared_cells``)."""
+    defended = common_cells(_defended(df)) if shared_cells else _defended(df)
+    old = _ranked(_defense_rows(defended, asr_threshold, max_acc_drop), ["mean DER"], [False])
+    new = leaderboard(df, asr_threshold, max_acc_drop, shared_cells=shared_cells, **audit_options)
     if old.empty:
         return pd.DataFrame()
     out = old[["name", "defense", "rank", "mean DER"]].rename(columns={"rank": "rank by mean DER"})
@@ -255,11 +279,14 @@ def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acc-margin", type=_fraction_arg, default=audit.ACC_MARGIN,
                    help="audit: a run whose ACC is more than this above its cell's no-defense ACC is flagged "
                         "and not ranked (fraction)")
+    p.add_argument("--shared-cells", action="store_true",
+                   help="rank on the cells every defense has run only (a partly run suite)")
 
 
 def threshold_options(args: argparse.Namespace) -> dict:
     """The keywords of :func:`leaderboard` / :func:`ranking_comparison` from parsed arguments."""
-    return {"asr_threshold": args.asr_threshold, "max_acc_drop": args.max_acc_drop, "acc_margin": args.acc_margin}
+    return {"asr_threshold": args.asr_threshold, "max_acc_drop": args.max_acc_drop, "acc_margin": args.acc_margin,
+            "shared_cells": getattr(args, "shared_cells", False)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Keep the README's reference results in step with the published records.
 
-A block of the README between ``<!-- reference:begin results=<folder> image=<png> -->`` and
+A block of the README between ``<!-- reference:begin results=<folder> image=<png> -->`` (add
+`` cells=shared`` before ``-->`` to rank a partly run suite on the cells every defense ran) and
 ``<!-- reference:end -->`` holds the leaderboard that ``report`` builds from a published folder
 (``reference/<suite>``, records only) and, below it, that folder's ASR heatmap. Nothing in the block
 is typed by hand:
@@ -24,7 +25,8 @@ from bench.reports import figures as figs
 from bench.reports.leaderboard import leaderboard, leaderboard_markdown
 from bench.reports.tidy import load_runs
 
-BLOCK = re.compile(r"(?P<begin><!-- reference:begin results=(?P<results>\S+) image=(?P<image>\S+) -->\n)"
+BLOCK = re.compile(r"(?P<begin><!-- reference:begin results=(?P<results>\S+) image=(?P<image>\S+)"
+                   r"(?P<shared> cells=shared)? -->\n)"
                    r"(?P<body>.*?)(?P<end><!-- reference:end -->)", re.S)
 
 
@@ -32,14 +34,16 @@ class ReadmeError(ValueError):
     """A README without a reference block, or a block naming a folder that holds no records."""
 
 
-def block_body(root: Path, results: str, image: str) -> str:
-    """The text of one block: the leaderboard of ``root/results`` and a link to its heatmap."""
+def block_body(root: Path, results: str, image: str, shared_cells: bool = False) -> str:
+    """The text of one block: the leaderboard of ``root/results`` (on the cells every defense ran,
+    with ``shared_cells``: a block marked ``cells=shared``, for a partly run suite) and a link to
+    its heatmap."""
     from bench.report import leaderboard_summary
 
     df = load_runs(root / results)
     if df.empty:
         raise ReadmeError(f"{results}: no successful runs to show")
-    board = leaderboard_markdown(leaderboard(df))
+    board = leaderboard_markdown(leaderboard(df, shared_cells=shared_cells))
     return (f"{leaderboard_summary(df)}\n\n{board.rstrip()}\n\n"
             f"![ASR after each defense, records of {results}]({image})\n\n")
 
@@ -60,7 +64,7 @@ def stale_blocks(readme: Path, root: Path) -> list[str]:
     blocks = list(BLOCK.finditer(text))
     if not blocks:
         raise ReadmeError(f"{readme}: no '<!-- reference:begin results=... image=... -->' block")
-    return [m["results"] for m in blocks if m["body"] != block_body(root, m["results"], m["image"])]
+    return [m["results"] for m in blocks if m["body"] != block_body(root, m["results"], m["image"], bool(m["shared"]))]
 
 
 def update(readme: Path, root: Path, pictures: bool = True) -> list[str]:
@@ -70,7 +74,7 @@ def update(readme: Path, root: Path, pictures: bool = True) -> list[str]:
     changed: list[str] = []
 
     def rewrite(m: re.Match) -> str:
-        body = block_body(root, m["results"], m["image"])
+        body = block_body(root, m["results"], m["image"], bool(m["shared"]))
         if body != m["body"]:
             changed.append(m["results"])
         if pictures:
