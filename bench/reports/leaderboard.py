@@ -5,7 +5,9 @@ the target, classified as their true class), averaged over seeds per attacked ce
 cells (a cell is dataset, model, attack, ratio > 0). RA of x means ASR is at most 1 - x *and* the
 model still tells classes apart on at least x of those images, so it is high only when the
 backdoor is gone and the model works: a model that predicts one class has RA near 1/classes, a
-backdoored one RA near 1 - ASR. Ties go to the lower mean ASR, then the smaller ACC drop.
+backdoored one RA near 1 - ASR. Ties go to the lower mean ASR, then the smaller ACC drop. A
+defense marked **broken** (below) ranks after every defense that is not, whatever its RA: RA alone
+still rewards a model that lost 16 points of ACC if it lost the trigger's effect too.
 docs/results.md gives the reasons and what DER, kept as a column, gets wrong.
 
 Columns (rates are fractions here; the Markdown prints percentage points):
@@ -128,7 +130,8 @@ def leaderboard(df: pd.DataFrame, asr_threshold: float = ASR_THRESHOLD, max_acc_
         return rows
     counts = df[is_flagged].groupby("defense").size()
     rows["flagged runs"] = rows["name"].map(counts).fillna(0).astype(int)
-    board = _ranked(rows, ["mean RA", "mean ASR", "mean ACC drop"], [False, True, True])
+    # a broken model ranks below every defense that keeps the model working, whatever its RA
+    board = _ranked(rows, ["broken", "mean RA", "mean ASR", "mean ACC drop"], [True, False, True, True])
     board.attrs.update(asr_threshold=asr_threshold, max_acc_drop=max_acc_drop, shared_cells=shared_cells,
                        uneven_cells=board["cells"].nunique() > 1)
     return board
