@@ -5,8 +5,8 @@ extended II/III), figures as PNG and PDF, ``leaderboard.md`` / ``leaderboard.csv
 ``ranking_comparison.md`` (the ranking by mean RA beside the old one by mean DER),
 ``paper_comparison.{md,csv}`` (each CIFAR-10 cell beside the paper's Table II/III value),
 ``cells.{md,csv}`` (every cell and defense variant with ACC, ASR, RA, TPR/FPR/AUROC, its victim
-and the paper's value: :mod:`bench.reports.cells`), ``estimate_vs_measured.md`` (a saved dry-run estimate beside the measured times, when the folder
-has one: :mod:`bench.reports.estimate_check`), ``settings.{md,csv}`` (where the defaults of the
+and the paper's value: :mod:`bench.reports.cells`), ``estimate_vs_measured.md`` (a saved dry-run
+estimate beside the measured times, when the folder has one: :mod:`bench.reports.estimate_check`), ``settings.{md,csv}`` (where the defaults of the
 defenses run come from: the paper, a reconstruction, a development search:
 :mod:`bench.reports.settings`), ``cost.csv``
 and ``index.html`` (a self-contained page with everything). Nothing is typed in:
@@ -20,13 +20,12 @@ from pathlib import Path
 from bench.card import NO_DEFENSE
 from bench.files import UnsafeFileError
 from bench.estimate import ESTIMATE_REPORT
-from bench.reports import estimate_check
-from bench.reports.cells import cells_markdown, cells_table
+from bench.reports import audit, estimate_check
 from bench.reports import figures as figs
-from bench.reports import audit
 from bench.reports import html as html_page
-from bench.reports.leaderboard import (add_threshold_arguments, caption, cost_table, leaderboard,
-                                       leaderboard_markdown, ranking_comparison, ranking_comparison_markdown,
+from bench.reports.cells import cells_markdown, cells_table
+from bench.reports.leaderboard import (add_threshold_arguments, cost_table, leaderboard, leaderboard_markdown,
+                                       leaderboard_summary, ranking_comparison, ranking_comparison_markdown,
                                        threshold_options)
 from bench.reports.paper import comparison_markdown, paper_comparison
 from bench.reports.settings import settings_frame, settings_markdown
@@ -48,7 +47,6 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
     board = leaderboard(df, **thresholds)
     board_md = leaderboard_markdown(board)
     summary = leaderboard_summary(df, **thresholds)
-    n_runs = len(df)
     (out / "leaderboard.md").write_text(f"# Leaderboard\n\n{summary}\n\n{board_md}")
     board.to_csv(out / "leaderboard.csv", index=False)
     written["leaderboard"] = out / "leaderboard.md"
@@ -69,7 +67,7 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
         + cells_md)
     cells.to_csv(out / "cells.csv", index=False)
     written["cells"] = out / "cells.md"
-    settings = settings_frame(sorted(set(df["defense"]) - {NO_DEFENSE}) if n_runs else [])
+    settings = settings_frame(sorted(set(df["defense"]) - {NO_DEFENSE}) if len(df) else [])
     settings_md = settings_markdown(settings)
     (out / "settings.md").write_text("# Where the defaults come from\n\n" + settings_md)
     settings.to_csv(out / "settings.csv", index=False)
@@ -80,36 +78,12 @@ def build_report(results: Path, out: Path | None = None, **thresholds) -> dict:
         written["estimate_check"] = out / ESTIMATE_REPORT
     cost = cost_table(df)
     cost.to_csv(out / "cost.csv")
-    written["figures"] = figs.all_figures(df, results, out) if n_runs else {}
+    written["figures"] = figs.all_figures(df, results, out) if len(df) else {}
     written["html"] = html_page.write_page(out, board_md, tables, written["figures"], cost, summary,
                                            {"Measured vs the MeCa paper, per CIFAR-10 cell": versus_paper_md,
                                             "Every cell and defense variant": cells_md,
                                             "Where the defaults come from": settings_md})
     return written
-
-
-def leaderboard_summary(df, **thresholds) -> str:
-    """The sentence above a leaderboard: what the runs cover, how they are ranked, and a warning
-    when some of them are miniature runs."""
-    n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
-    n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
-    n_att = df["attack"].nunique() if n_runs else 0
-    limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
-    summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
-               f"{n_seeds} seed(s). {caption(**limits)}")
-    n_mini = miniature_runs(df)
-    if n_mini:
-        summary = (f"**{n_mini} of these runs are miniature** (`run --miniature`: shrunken sizes, possibly "
-                   f"generated stand-in data, to check that a suite runs; their numbers measure nothing). "
-                   + summary)
-    return summary
-
-
-def miniature_runs(df) -> int:
-    """How many rows of the tidy table are miniature runs (bench.miniature)."""
-    if "miniature" not in df.columns:
-        return 0
-    return int(df["miniature"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).sum())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

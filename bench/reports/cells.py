@@ -37,14 +37,13 @@ def cells_table(df: pd.DataFrame) -> pd.DataFrame:
                       acc_nodef=("acc_nodef", "mean"), asr_nodef=("asr_nodef", "mean"),
                       **{m: (m, "mean") for m in METRICS},
                       **{f"{m}_sd": (m, "std") for m in ("acc", "asr")}).reset_index()
-    out["broken"] = broken(out.set_index(_KEYS)[["acc", "acc_nodef"]]).to_numpy()
+    out["broken"] = broken(out)
     out["attack label"] = [label("attack", a) for a in out["attack"]]
     paper = paper_values().rename(columns={"attack": "attack label", "defense": "defense"})
     out = out.merge(paper, on=["attack label", "defense"], how="left")
     is_cifar = out["dataset"].eq("cifar10")
     out.loc[~is_cifar, ["paper ACC", "paper ASR"]] = np.nan
-    order = {"No Defense": 0}
-    out = out.assign(_o=out["variant"].map(lambda v: order.get(v, 1))).sort_values(
+    out = out.assign(_o=out["variant"].ne("No Defense")).sort_values(   # the victim first
         ["dataset", "model", "attack label", "poison_ratio", "budget_scale", "_o", "variant"])
     frame = pd.DataFrame({
         "dataset": out["dataset"].map(lambda d: label("dataset", d)),

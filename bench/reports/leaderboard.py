@@ -104,9 +104,9 @@ def common_cells(df: pd.DataFrame) -> pd.DataFrame:
     over different attacks are not comparable, so a partly run suite is ranked on what all share."""
     if df.empty:
         return df
-    keys = df[CELL].astype(str).agg("|".join, axis=1)
-    shared = set.intersection(*(set(keys[df["defense"] == d]) for d in df["defense"].unique()))
-    return df[keys.isin(shared)]
+    cells = pd.MultiIndex.from_frame(df[CELL])
+    shared = set.intersection(*(set(cells[(df["defense"] == d).to_numpy()]) for d in df["defense"].unique()))
+    return df[cells.isin(shared)]
 
 
 def leaderboard(df: pd.DataFrame, asr_threshold: float = ASR_THRESHOLD, max_acc_drop: float = audit.MAX_ACC_DROP,
@@ -167,6 +167,30 @@ def caption(asr_threshold: float = ASR_THRESHOLD, max_acc_drop: float = audit.MA
             f"so it rewards a broken model. Runs the audit flags are not ranked (see 'Flagged runs'); 'older "
             f"plug-in code' marks runs made by another version of the attack or defense than the one "
             f"installed (their numbers are that version's).")
+
+
+def leaderboard_summary(df, **thresholds) -> str:
+    """The sentence above a leaderboard: what the runs cover, how they are ranked, and a warning
+    when some of them are miniature runs."""
+    n_runs, n_seeds = len(df), df["seed"].nunique() if len(df) else 0
+    n_def = df.loc[df["defense"] != NO_DEFENSE, "defense"].nunique() if n_runs else 0
+    n_att = df["attack"].nunique() if n_runs else 0
+    limits = {k: v for k, v in thresholds.items() if k in ("asr_threshold", "max_acc_drop")}
+    summary = (f"{n_runs} successful runs: {n_def} defenses (and the no-defense baseline), {n_att} attacks, "
+               f"{n_seeds} seed(s). {caption(**limits)}")
+    n_mini = miniature_runs(df)
+    if n_mini:
+        summary = (f"**{n_mini} of these runs are miniature** (`run --miniature`: shrunken sizes, possibly "
+                   f"generated stand-in data, to check that a suite runs; their numbers measure nothing). "
+                   + summary)
+    return summary
+
+
+def miniature_runs(df) -> int:
+    """How many rows of the tidy table are miniature runs (bench.miniature)."""
+    if "miniature" not in df.columns:
+        return 0
+    return int(df["miniature"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).sum())
 
 
 def leaderboard_markdown(board: pd.DataFrame, asr_threshold: float | None = None,

@@ -21,8 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from bench.reports import figures as figs
-from bench.reports.leaderboard import leaderboard, leaderboard_markdown
+from bench.reports.leaderboard import leaderboard, leaderboard_markdown, leaderboard_summary
 from bench.reports.tidy import load_runs
 
 BLOCK = re.compile(r"(?P<begin><!-- reference:begin results=(?P<results>\S+) image=(?P<image>\S+)"
@@ -34,13 +36,10 @@ class ReadmeError(ValueError):
     """A README without a reference block, or a block naming a folder that holds no records."""
 
 
-def block_body(root: Path, results: str, image: str, shared_cells: bool = False) -> str:
-    """The text of one block: the leaderboard of ``root/results`` (on the cells every defense ran,
-    with ``shared_cells``: a block marked ``cells=shared``, for a partly run suite) and a link to
-    its heatmap."""
-    from bench.report import leaderboard_summary
-
-    df = load_runs(root / results)
+def block_body(df: pd.DataFrame, results: str, image: str, shared_cells: bool = False) -> str:
+    """The text of one block: the leaderboard of the runs ``df`` of the folder ``results`` (on the
+    cells every defense ran, with ``shared_cells``: a block marked ``cells=shared``, for a partly
+    run suite) and a link to its heatmap."""
     if df.empty:
         raise ReadmeError(f"{results}: no successful runs to show")
     board = leaderboard_markdown(leaderboard(df, shared_cells=shared_cells))
@@ -48,43 +47,48 @@ def block_body(root: Path, results: str, image: str, shared_cells: bool = False)
             f"![ASR after each defense, records of {results}]({image})\n\n")
 
 
-def draw_heatmap(results: Path, image: Path) -> None:
-    """Redraw ``results``' ASR heatmap (the report's ``heatmap_asr.png``) at ``image``."""
+def draw_heatmap(df: pd.DataFrame, results: str, image: Path) -> None:
+    """Redraw the ASR heatmap of the runs ``df`` (the report's ``heatmap_asr.png``) at ``image``."""
     with tempfile.TemporaryDirectory() as tmp:
-        drawn = [p for p in figs.heatmaps(load_runs(results), Path(tmp)) if p.name == "heatmap_asr.png"]
+        drawn = [p for p in figs.heatmaps(df, Path(tmp)) if p.name == "heatmap_asr.png"]
         if not drawn:
             raise ReadmeError(f"{results}: no attacked cell to draw a heatmap of")
         image.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(drawn[0], image)
 
 
-def stale_blocks(readme: Path, root: Path) -> list[str]:
-    """The folders whose README block differs from what their records give now."""
+def _blocks(readme: Path) -> tuple[str, list[re.Match]]:
+    """The README's text and its reference blocks (refused when it has none)."""
     text = readme.read_text()
     blocks = list(BLOCK.finditer(text))
     if not blocks:
         raise ReadmeError(f"{readme}: no '<!-- reference:begin results=... image=... -->' block")
-    return [m["results"] for m in blocks if m["body"] != block_body(root, m["results"], m["image"], bool(m["shared"]))]
+    return text, blocks
+
+
+def stale_blocks(readme: Path, root: Path) -> list[str]:
+    """The folders whose README block differs from what their records give now."""
+    _, blocks = _blocks(readme)
+    return [m["results"] for m in blocks
+            if m["body"] != block_body(load_runs(root / m["results"]), m["results"], m["image"], bool(m["shared"]))]
 
 
 def update(readme: Path, root: Path, pictures: bool = True) -> list[str]:
     """Rewrite every block of ``readme`` (paths in a block are relative to ``root``); returns the
     folders whose block changed."""
-    text = readme.read_text()
+    text, _ = _blocks(readme)
     changed: list[str] = []
 
     def rewrite(m: re.Match) -> str:
-        body = block_body(root, m["results"], m["image"], bool(m["shared"]))
+        df = load_runs(root / m["results"])
+        body = block_body(df, m["results"], m["image"], bool(m["shared"]))
         if body != m["body"]:
             changed.append(m["results"])
         if pictures:
-            draw_heatmap(root / m["results"], root / m["image"])
+            draw_heatmap(df, m["results"], root / m["image"])
         return m["begin"] + body + m["end"]
 
-    new = BLOCK.sub(rewrite, text)
-    if not BLOCK.search(text):
-        raise ReadmeError(f"{readme}: no '<!-- reference:begin results=... image=... -->' block")
-    readme.write_text(new)
+    readme.write_text(BLOCK.sub(rewrite, text))
     return changed
 
 
