@@ -9,7 +9,9 @@ images x 12 epochs of ``cnn_small``, the victim of ``cifar10-cpu-paper``) reuses
 trained model when it shares the results folder. The table gives wall minutes (what a person
 waits, inflated by anything else running) and CPU minutes / threads (the cost on idle cores);
 models too slow to train here get their throughput measured and their time extrapolated, marked
-as such and without accuracy.
+as such and without accuracy. With ``--cpu-bf16`` the points train under bfloat16 autocast (as
+``run --cpu-bf16``; refused on a CPU without native bf16) and the extrapolations time bf16 steps;
+the ``dtype`` column says which, from each record's ``compute_dtype``.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ reserve_fraction = 0.05
 epochs = {epochs}
 scale = 0.25
 min_steps = 300
-n_train = {n_train}
+{n_train_line}
 
 [train]
 batch_size = 128
@@ -66,13 +68,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extrapolate", dest="extrapolate", type=parse_point, action="append", default=None,
                    metavar="MODEL:N:EPOCHS", help="a point whose time is extrapolated from measured steps, "
                    f"not trained (default {' '.join(DEFAULT_EXTRAPOLATE)})")
+    p.add_argument("--cpu-bf16", action="store_true", help="train (and time the extrapolated points) under "
+                   "bfloat16 autocast, as `run --cpu-bf16`; refused on a CPU without native bf16")
     p.add_argument("--table-only", action="store_true", help="print the table of what is recorded, train nothing")
 
 
-def _suite_path(results: Path, dataset: str, model: str, n_train: int, epochs: int) -> Path:
+def _suite_path(results: Path, dataset: str, model: str, n_train: int, epochs: int, full_size: int) -> Path:
+    """The point's one-run suite. A point of the whole training set (``n_train >= full_size``)
+    leaves ``n_train`` out, as the suites that train on all of it do, so that its cell (and its
+    victim) is theirs: a subset of every image is drawn, and named, differently from no subset."""
     path = results / "tradeoff" / f"tradeoff-{dataset}-{model}-{n_train}x{epochs}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SUITE.format(dataset=dataset, model=model, n_train=n_train, epochs=epochs))
+    line = "" if n_train >= full_size else f"n_train = {n_train}"
+    path.write_text(SUITE.format(dataset=dataset, model=model, n_train=n_train, epochs=epochs, n_train_line=line))
     return path
 
 
@@ -88,25 +96,31 @@ def measured_rows(results: Path) -> pd.DataFrame:
         spec = rec.get("spec", {})
         threads = rec.get("threads") or 1   # torch threads of the worker (records before it: 1 per worker)
         rows.append({"model": rec["model"], "train images": rec.get("n_train"),
-                     "epochs": (spec.get("train") or {}).get("epochs"),
+                     "epochs": (spec.get("train") or {}).get("epochs"), "dtype": rec.get("compute_dtype") or "fp32",
                      "clean ACC %": 100 * rec["acc"], "BadNet ASR %": 100 * rec["asr"],
                      "wall min": rec["wall_s"] / 60, "CPU min / thread": (rec.get("cpu_s") or 0) / 60 / threads,
                      "how": "trained", "suite": rec.get("suite")})
     return pd.DataFrame(rows)
 
 
-def extrapolated_row(dataset: str, data_root, model: str, n_train: int, epochs: int) -> dict:
-    """Minutes for ``epochs`` passes over ``n_train`` images from a few timed training steps."""
+def extrapolated_row(dataset: str, data_root, model: str, n_train: int, epochs: int, *,
+                     cpu_bf16: bool = False) -> dict:
+    """Minutes for ``epochs`` passes over ``n_train`` images from a few timed training steps
+    (under bfloat16 autocast with ``cpu_bf16``)."""
     import torch
 
+    from bench import engine
     from bench.datasets import load_dataset
     from bench.models import create_model
     from bench.perf import model_only_seconds
 
     bundle = load_dataset(dataset, data_root)
     net = create_model(model, bundle.num_classes, bundle.train.x.shape[-1])
-    per_image = model_only_seconds(net, bundle.train, 128, torch.device("cpu"), steps=3) / len(bundle.train)
-    return {"model": model, "train images": n_train, "epochs": epochs, "clean ACC %": None,
+    cpu = torch.device("cpu")
+    engine.configure(device=cpu, progress=False, cpu_amp=cpu_bf16)
+    per_image = model_only_seconds(net, bundle.train, 128, cpu, steps=3) / len(bundle.train)
+    return {"model": model, "train images": n_train, "epochs": epochs, "dtype": engine.compute_dtype(cpu),
+            "clean ACC %": None,
             "BadNet ASR %": None, "wall min": per_image * n_train * epochs / 60, "CPU min / thread": None,
             "how": f"extrapolated ({1 / per_image:.0f} img/s measured)", "suite": None}
 
@@ -118,20 +132,31 @@ def main(args) -> int:
     results = Path(args.results)
     points = args.points or [parse_point(p) for p in DEFAULT_POINTS]
     if not args.table_only:
+        from bench.datasets import load_dataset
+        from bench.scheduler import EXIT_INVALID
+
+        try:   # the training set's size; a missing or unknown dataset is said before any compute
+            full_size = len(load_dataset(args.dataset, args.data_root).train)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            print(f"tradeoff: {exc}", file=sys.stderr)
+            return EXIT_INVALID
         for model, n_train, epochs in points:
             t0 = time.time()
-            out = run_suite(_suite_path(results, args.dataset, model, n_train, epochs), results=results,
-                            data_root=args.data_root, workers=1, progress=False)
+            out = run_suite(_suite_path(results, args.dataset, model, n_train, epochs, full_size), results=results,
+                            data_root=args.data_root, workers=1, progress=False, cpu_bf16=args.cpu_bf16)
+            if out.problems:   # refused before any compute (bad input): so would every other point be,
+                # with the same exit status as `run`
+                return out.exit_code
             print(f"tradeoff: {model} {n_train} x {epochs}: exit {out.exit_code} in {time.time() - t0:.0f}s",
                   flush=True)
     table = measured_rows(results)
-    extra = [extrapolated_row(args.dataset, args.data_root, *p)
+    extra = [extrapolated_row(args.dataset, args.data_root, *p, cpu_bf16=args.cpu_bf16)
              for p in (args.extrapolate or [parse_point(p) for p in DEFAULT_EXTRAPOLATE])] if not args.table_only else []
     table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table
     if table.empty:
         print("tradeoff: nothing recorded yet", file=sys.stderr)
         return 1
-    table = table.sort_values(["how", "model", "train images", "epochs"])
+    table = table.sort_values(["how", "model", "train images", "epochs", "dtype"])
     out_path = results / "tradeoff" / "tradeoff.md"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = markdown_table(table)
