@@ -141,15 +141,16 @@ class PhaseCost:
         return self.images * self.weight
 
 
-def fit_passes(n: int, batch_size: int, epochs: float, min_steps: int = 0) -> tuple[int, int]:
+def fit_passes(n: int, batch_size: int, epochs: float, budget: Budget | None = None) -> tuple[int, int]:
     """``(steps, images)`` of one :func:`bench.engine.fit` call on ``n`` images: ``ceil(n / b)``
     steps per epoch (b = min(batch_size, n); the last batch of an epoch is short), ``round(epochs x
-    steps per epoch)`` steps, at least 1 and at least ``min_steps`` (the budget's floor)."""
+    steps per epoch)`` steps, at least 1, lifted by the ``budget``'s floor as the engine lifts them
+    (:meth:`Budget.phase_steps`)."""
     if n <= 0 or epochs <= 0:
         return 0, 0
     bs = min(int(batch_size), n)
     per_epoch = math.ceil(n / bs)
-    steps = max(1, int(min_steps), round(epochs * per_epoch))
+    steps = (budget or Budget()).phase_steps(epochs, per_epoch)
     full, rest = divmod(steps, per_epoch)
     return steps, full * n + rest * bs
 
@@ -200,7 +201,7 @@ def phase_cost(phase: CostPhase, params, sizes: CellSizes) -> PhaseCost | None:
     else:
         bs = sizes.batch_size if phase.batch_size == STANDARD else int(_value(params, phase.batch_size,
                                                                               phase.what, "batch_size"))
-        steps, images = fit_passes(m, bs, epochs, sizes.budget.min_steps)
+        steps, images = fit_passes(m, bs, epochs, sizes.budget)
     return PhaseCost(phase.what, steps * repeat, round(images * phase.passes) * repeat, phase.weight)
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.budget import Budget
 from bench.data import Split
 
 
@@ -146,14 +147,15 @@ def measure_cost(reference_size: int):
         _METER.reset(token)
 
 
-_STEP_FLOOR: contextvars.ContextVar[int] = contextvars.ContextVar("bench_step_floor", default=0)
+_STEP_FLOOR: contextvars.ContextVar[Budget] = contextvars.ContextVar("bench_step_floor", default=Budget())
 
 
 @contextlib.contextmanager
-def step_floor(min_steps: int):
-    """Inside the block no :func:`fit` phase takes fewer than ``min_steps`` optimiser steps (the
-    budget's floor, applied alike to every defense; the schedule stretches over the extra steps)."""
-    token = _STEP_FLOOR.set(int(min_steps))
+def step_floor(budget: Budget):
+    """Inside the block every :func:`fit` phase takes the steps :meth:`Budget.phase_steps` gives:
+    no fewer than the budget's ``min_steps`` unless the phase's paper budget is smaller still (the
+    floor, applied alike to every defense; the schedule stretches over the extra steps)."""
+    token = _STEP_FLOOR.set(budget)
     try:
         yield
     finally:
@@ -327,7 +329,7 @@ def fit(model: nn.Module | Sequence[nn.Module], data: Split, cfg: TrainConfig, *
     x_all = data.x.to(dev, non_blocking=True)
     y_all = None if data.y is None else data.y.to(dev, non_blocking=True)
     steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
-    total_steps = max(1, _STEP_FLOOR.get(), round(cfg.epochs * steps_per_epoch))
+    total_steps = _STEP_FLOOR.get().phase_steps(cfg.epochs, steps_per_epoch)
     result = FitResult(epochs=cfg.epochs, steps=total_steps)
     bar = _progress(total_steps, desc)
     meter = _METER.get()

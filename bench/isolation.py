@@ -97,12 +97,17 @@ def recv(sock: socket.socket, what: str = "message") -> Any:
 
 def plain(value: Any) -> Any:
     """A value reduced to what a data-only message carries (tensors, numbers, strings, lists,
-    dicts with string keys); numpy values become tensors or numbers, anything else its ``str``."""
+    dicts with string keys); numpy values become tensors or numbers, a subclass of a number or a
+    string its base type (e.g. the budget's :class:`~bench.budget.PhaseEpochs`, an ``IntEnum``: the
+    data-only loader refuses any other class), anything else its ``str``."""
     import numpy as np
     import torch
 
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None:
         return value
+    for base in (bool, int, float, str):   # bool before int: a bool is an int
+        if isinstance(value, base):
+            return base(value)
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().clone()
     if isinstance(value, np.ndarray):
@@ -421,7 +426,7 @@ def _run(defense, cell_info, request: dict, inputs: dict) -> dict:
         reserve=split("reserve"),
         checkpoint_cb=lambda tag, m: checkpoints.append({"tag": str(tag), **_weights(m)}))
     t0 = time.time()
-    with engine.measure_cost(cell_info.n_train) as meter, engine.step_floor(budget.min_steps):
+    with engine.measure_cost(cell_info.n_train) as meter, engine.step_floor(budget):
         out = defense.run(ctx)
     wall = time.time() - t0
     from bench.registry import params_to_dict

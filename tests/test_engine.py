@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn as nn
 
 from bench import engine
 from bench.data import Split
@@ -89,3 +90,30 @@ def test_schedules():
     assert engine.lr_factor(cos, 0.5, 10) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         TrainConfig(optimizer="lbfgs").validate()
+
+
+def test_the_step_floor_lifts_a_starved_phase_up_to_its_paper_budget_and_no_further():
+    """A quarter of the papers' epochs with a floor of 10 steps, 4 steps per epoch: the floor undoes
+    the scale's starvation but never runs a phase beyond its paper's own count (ABL's unlearning, 5
+    paper epochs on a few hundred images, once lifted to a 300-step floor, ascended 75 epochs and
+    left every model at chance), and leaves a count the budget does not scale as it is."""
+    import pickle
+
+    from bench.budget import Budget
+
+    budget = Budget(scale=0.25, min_steps=10)
+    data = Split(torch.randint(0, 256, (100, 3, 4, 4), dtype=torch.uint8), torch.arange(100) % 3)
+
+    def steps(epochs):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+        with engine.step_floor(budget):
+            return engine.fit(model, data, TrainConfig(epochs=epochs, batch_size=32, augment=False)).steps
+
+    assert steps(budget.epochs(8)) == 10         # 2 epochs = 8 steps, lifted to the floor (paper: 32)
+    assert steps(budget.epochs(2)) == 8          # 1 epoch = 4 steps, lifted to the paper's 2 epochs only
+    assert steps(budget.epochs(40)) == 40        # 10 epochs: above the floor, untouched
+    assert steps(1.0) == 4                       # an unscaled count is its paper's: not lifted
+    assert Budget(scale=0.25, min_steps=300).phase_steps(Budget(scale=0.25).epochs(5), 4) == 20   # ABL
+    assert Budget(scale=0.25, min_steps=0).phase_steps(budget.epochs(8), 4) == 8                   # no floor
+    again = pickle.loads(pickle.dumps(budget.epochs(8)))
+    assert again == 2.0 and again.paper == 8.0

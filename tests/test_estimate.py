@@ -51,20 +51,23 @@ batch_size = 32
 # By hand. 400 training images, a reserve of floor(0.05 * 400) = 20, so the victim trains on 380.
 # Standard training: batch 32, ceil(380 / 32) = 12 steps per epoch, 2 epochs = 24 steps = 760 images.
 STANDARD = 760
+# The floor lifts a phase to 8 steps, but never beyond the steps of its paper epochs (Budget.phase_steps).
 # fine_tuning: the 20 reserve images, batch min(128, 20) = 20 (1 step per epoch), 10 paper epochs x 0.5
-# = 5 steps, lifted to the floor of 8 steps = 8 epochs = 160 images.
+# = 5 steps, lifted to the floor of 8 steps (the paper's 10 are more) = 8 epochs = 160 images.
 FINE_TUNING = 8 * 20
 # clp: repair_epochs = 0 (data-free): nothing.
 # dbr (batch 128, 3 steps per epoch over 380 images):
-#   auxiliary model: 2 x 0.5 = 1 epoch = 3 steps -> floor 8 steps = 2 epochs + 2 batches = 760 + 256
+#   auxiliary model: 2 x 0.5 = 1 epoch = 3 steps -> lifted to the paper's 2 epochs = 6 steps (under the
+#   floor of 8) = 760 images
 #   class separation: 10 x 0.5 = 5 epochs = 15 steps = 1,900 images
 #   BR: round(20 x 0.5) = 10 rounds, each one epoch (1 step) over int(0.05 x 380) = 19 flagged images and
-#   one over int(0.2 x 380) = 76 clean ones, both lifted to 8 steps: 10 x (8 x 19 + 8 x 76)
-DBR = (760 + 256) + 1900 + 10 * (8 * 19 + 8 * 76)
+#   one over int(0.2 x 380) = 76 clean ones: the paper's one epoch, which the budget does not scale, so
+#   the floor leaves it: 10 x (19 + 76)
+DBR = 760 + 1900 + 10 * (19 + 76)
 # abl (batch 128): isolation 20 x 0.5 = 10 epochs = 3,800; clean training 60 x 0.5 = 30 epochs over
 # 380 - int(0.01 x 380) = 377 images = 11,310; unlearning 5 x 0.5 = 2.5 epochs over the 3 isolated
-# images, round(2.5) = 2 steps, lifted to 8 steps = 24.
-ABL = 3800 + 30 * 377 + 8 * 3
+# images, round(2.5) = 2 steps, lifted to the paper's 5 epochs = 5 steps (under the floor of 8) = 15.
+ABL = 3800 + 30 * 377 + 5 * 3
 # Cells: badnet@0, blend@0 (clean: one shared model, and one shared output per defense), badnet@0.1,
 # blend@0.1: 3 models trained, 3 runs of each defense computed, 4 jobs of each.
 EXPECTED = {"backdoor": 3 * STANDARD, "artifact": 0, "train": 3 * ABL, "repair": 3 * (FINE_TUNING + DBR)}
@@ -187,10 +190,14 @@ def test_the_report_sets_a_saved_estimate_beside_the_measured_times(tmp_path):
     assert estimate_check.markdown(tmp_path / "none", records) is None
 
 
-@pytest.mark.parametrize("n,batch,epochs,floor", [(100, 32, 1.0, 0), (100, 32, 2.5, 0), (100, 32, 0.3, 0),
-                                                  (100, 32, 1.0, 9), (20, 128, 2.0, 5), (96, 32, 1.5, 0)])
-def test_fit_passes_is_the_engines_arithmetic(n, batch, epochs, floor):
-    """What bench.cost counts is what engine.fit does under the cost meter and the step floor."""
+@pytest.mark.parametrize("n,batch,paper,floor", [(100, 32, 4.0, 0), (100, 32, 10.0, 0), (100, 32, 1.2, 0),
+                                                 (100, 32, 4.0, 9), (20, 128, 8.0, 5), (96, 32, 6.0, 0),
+                                                 (100, 32, 2.0, 50), (100, 32, None, 9)])
+def test_fit_passes_is_the_engines_arithmetic(n, batch, paper, floor):
+    """What bench.cost counts is what engine.fit does under the cost meter and the step floor, for a
+    phase scaled by the budget (a quarter of ``paper`` epochs) and for an unscaled one (None: 1.0)."""
+    budget = Budget(scale=0.25, min_steps=floor)
+    epochs = budget.epochs(paper) if paper is not None else 1.0
     g = torch.Generator().manual_seed(0)
     data = Split(torch.randint(0, 256, (n, 3, 4, 4), generator=g, dtype=torch.uint8), torch.arange(n) % 3)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
@@ -198,11 +205,11 @@ def test_fit_passes_is_the_engines_arithmetic(n, batch, epochs, floor):
     previous = engine.runtime()
     engine.configure(device="cpu")
     try:
-        with engine.measure_cost(n) as meter, engine.step_floor(floor):
+        with engine.measure_cost(n) as meter, engine.step_floor(budget):
             result = engine.fit(model, data, cfg, generator=g)
     finally:
         engine.configure(**vars(previous))
-    assert fit_passes(n, batch, epochs, floor) == (result.steps, meter.samples)
+    assert fit_passes(n, batch, epochs, budget) == (result.steps, meter.samples)
 
 
 def test_phase_declarations():

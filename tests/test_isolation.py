@@ -47,3 +47,22 @@ def test_a_server_with_a_run_in_progress_is_kept(tmp_path, monkeypatch):
     assert len(isolation._SERVERS) == 2          # idle now, both kept until a third one starts
     isolation.server("process", (str(tmp_path / "third"),))
     assert len(isolation._SERVERS) == 1
+
+
+def test_a_number_of_a_subclass_crosses_as_its_base_type():
+    """The data-only loader refuses any class but plain ones: a defense's info holding the budget's
+    PhaseEpochs (or an IntEnum, a str subclass) reaches the evaluator as a float (int, str)."""
+    import enum
+
+    from bench.budget import Budget
+    from bench.isolation import plain
+
+    class Mode(enum.IntEnum):
+        A = 1
+
+    class Name(str):
+        pass
+
+    out = plain({"epochs": Budget(scale=0.5).epochs(4), "mode": Mode.A, "name": Name("x"), "flag": True})
+    assert out == {"epochs": 2.0, "mode": 1, "name": "x", "flag": True}
+    assert [type(v) for v in out.values()] == [float, int, str, bool]
