@@ -8,6 +8,7 @@ numbers, strings, lists and dicts only, so a crafted file cannot run code (:func
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import io
@@ -58,8 +59,30 @@ def torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+def builtin_values(obj):
+    """``obj`` with every subclass of a number or a string (e.g. the budget's
+    :class:`~bench.budget.PhaseEpochs`, an ``IntEnum``) reduced to its base type, through dicts,
+    lists and tuples; tensors and other values are kept as they are. The data-only loader
+    refuses any class it does not know, so a file saved with such a value could not be read back."""
+    if isinstance(obj, (bool, int, float, str)):
+        for base in (bool, int, float, str):   # bool before int: a bool is an int
+            if isinstance(obj, base):
+                return obj if type(obj) is base else base(obj)
+    if isinstance(obj, dict):
+        items = [(builtin_values(k), builtin_values(v)) for k, v in obj.items()]
+        if type(obj) in (dict, collections.OrderedDict) and all(
+                a[0] is k and a[1] is v for a, (k, v) in zip(items, obj.items())):
+            return obj   # unchanged: keep the object (a state dict keeps its _metadata)
+        return type(obj)(items) if type(obj) in (dict, collections.OrderedDict) else dict(items)
+    if isinstance(obj, (list, tuple)):
+        values = [builtin_values(v) for v in obj]
+        return values if isinstance(obj, list) else tuple(values)
+    return obj
+
+
 def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write_bytes(path, torch_bytes(obj))
+    """Save ``obj`` as a tensor file that :func:`load_data` reads back (:func:`builtin_values`)."""
+    atomic_write_bytes(path, torch_bytes(builtin_values(obj)))
 
 
 def load_data(source, what: str = "file"):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,9 +74,14 @@ def fake_parity(*a, tolerance=0.03, gap=0.004, **k):
             "bf16_channels_last": {"acc": 0.71 + gap, "seconds": 4.0}}
 
 
-def fake_jobs(*a, **k):
-    return {"model": "cnn_small", "jobs_per_gpu": 3, "n_train": 20000, "epochs": 10, "one_job_wall_s": 20.0,
+def fake_jobs(*a, n_train=20000, **k):
+    return {"model": "cnn_small", "jobs_per_gpu": 3, "n_train": n_train, "epochs": 10, "one_job_wall_s": 20.0,
             "side_by_side_wall_s": 30.0, "speedup": 2.0}
+
+
+def fake_cifar10(root, cache):
+    """A CIFAR-10 subset of 8,000 training and 2,000 test images (only the sizes are read)."""
+    return SimpleNamespace(train=range(8000), test=range(2000))
 
 
 def fake_table2(*a, defense="fine_tuning", **k):
@@ -117,7 +123,7 @@ def test_main_writes_each_part_and_records_a_failing_one(tmp_path, monkeypatch, 
     monkeypatch.setattr(dc, "require_gpu", lambda: "Fake GPU")
     monkeypatch.setattr(dc, "require_cifar10", lambda root: None)
     monkeypatch.setattr(dc, "environment", lambda gpu=None: dict(ENV))
-    monkeypatch.setattr(dc, "_cifar10", lambda root, cache: object())
+    monkeypatch.setattr(dc, "_cifar10", fake_cifar10)
     monkeypatch.setattr(dc, "measure_throughput", fake_throughput)
     monkeypatch.setattr(dc, "measure_parity", fake_parity)
     monkeypatch.setattr(dc, "measure_jobs_per_gpu", fake_jobs)
@@ -136,6 +142,9 @@ def test_main_writes_each_part_and_records_a_failing_one(tmp_path, monkeypatch, 
     assert set(report["part_seconds"]) == set(dc.PARTS)
     assert report["throughput"]["cnn_small"]["engine_img_s"] == 40000.0 and report["jobs_per_gpu"]["speedup"] == 2.0
     assert report["errors"] == {"table2_cell": "RuntimeError: the cell failed"} and report["ok"] is False
+    # the data measured on is recorded, and a jobs part asking more images than it holds gets them all
+    assert report["data"] == {"dataset": "cifar10", "n_train": 8000, "n_test": 2000}
+    assert report["jobs_per_gpu"]["n_train"] == 8000
     assert "FAILED table2_cell" in text
 
     monkeypatch.setattr(dc, "measure_table2_cell", fake_table2)
@@ -149,7 +158,7 @@ def test_the_table2_cell_is_not_started_past_the_time_budget(tmp_path, monkeypat
     monkeypatch.setattr(dc, "require_gpu", lambda: "Fake GPU")
     monkeypatch.setattr(dc, "require_cifar10", lambda root: None)
     monkeypatch.setattr(dc, "environment", lambda gpu=None: dict(ENV))
-    monkeypatch.setattr(dc, "_cifar10", lambda root, cache: object())
+    monkeypatch.setattr(dc, "_cifar10", fake_cifar10)
     monkeypatch.setattr(dc, "measure_throughput", fake_throughput)          # resnet18: 12,000 img/s
     monkeypatch.setattr(dc, "table2_images", lambda root, cache: 4_750_000)  # 100 epochs x 47,500
     monkeypatch.setattr(dc, "measure_table2_cell", fake_table2)

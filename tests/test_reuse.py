@@ -84,3 +84,29 @@ def test_scheduler_queues_reusing_jobs_last(tmp_path):
             for a in ("badnet", "blend") for r in (0.0, 0.1)]
     order = [(j.spec.attack, j.spec.poison_ratio) for j in reuse_last(jobs)]
     assert order == [("badnet", 0.0), ("badnet", 0.1), ("blend", 0.1), ("blend", 0.0)]
+
+
+def test_a_cached_artifact_holding_a_phase_count_loads_back(tmp_path):
+    """An artifact that stores what ``Budget.epochs`` returned (a PhaseEpochs, a float subclass the
+    data-only loader refuses) is saved with base types, so the second preparation loads it."""
+    import enum
+    from collections import OrderedDict
+
+    from bench import artifacts
+    from bench.budget import Budget
+
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    epochs = Budget(scale=0.5).epochs(4)
+    state = OrderedDict(w=torch.ones(2))
+    state._metadata = {"": {"version": 1}}
+    data = {"epochs": epochs, "nested": [(epochs, Colour.RED)], "state": state, "flag": True}
+    computed, _, hit = artifacts.cached(tmp_path, "k", lambda: (data, {}))
+    assert not hit
+    loaded, _, hit = artifacts.cached(tmp_path, "k", lambda: (_ for _ in ()).throw(AssertionError))
+    assert hit
+    assert type(loaded["epochs"]) is float and loaded["epochs"] == float(epochs)
+    assert loaded["nested"] == [(float(epochs), 1)] and type(loaded["nested"][0][1]) is int
+    assert loaded["flag"] is True and torch.equal(loaded["state"]["w"], torch.ones(2))
+    assert state._metadata == {"": {"version": 1}}
