@@ -312,6 +312,31 @@ def test_a_broken_model_is_marked_in_the_tables_and_kept_off_the_pareto_front(ti
     assert not clean.broken and "†" not in clean.markdown()
 
 
+def test_a_defense_that_breaks_a_clean_model_is_marked_in_the_figures(tidy, tmp_path, monkeypatch):
+    """FinePruning keeps the BadNet cell's model but costs the clean cell 21 points: the heatmaps
+    name it with ‡ (no attacked cell would show it), and the scatter keeps it off the Pareto front."""
+    from bench.reports import figures
+
+    df = normalise(pd.concat([tidy, pd.DataFrame([
+        _row("fp", "badnet", "fine_pruning", 0.89, 0.02),
+        _row("fp0", "badnet", "fine_pruning", 0.70, 0.05, ratio=0.0, acc_nodef=0.91, asr_nodef=0.10)])],
+        ignore_index=True))
+    assert figures.broken_on_clean(df) == {"fine_pruning"}
+    assert figures.defense_name("fine_pruning", {"fine_pruning"}) == "FinePruning ‡"
+    drawn = []
+    heatmap = figures.sns.heatmap
+    monkeypatch.setattr(figures.sns, "heatmap", lambda data, **k: (drawn.append(list(data.columns)), heatmap(data, **k))[1])
+    assert figures.heatmaps(df, tmp_path)
+    assert all("FinePruning ‡" in cols and "MeCa" in cols for cols in drawn) and len(drawn) == 2
+    fronts = []
+    plot = figures.plt.Axes.plot
+    monkeypatch.setattr(figures.plt.Axes, "plot", lambda ax, x, y, *a, **k: (fronts.append(list(x)), plot(ax, x, y, *a, **k))[1])
+    assert figures.scatter_acc_asr(df, tmp_path)
+    # FinePruning (ASR 2 %, ACC 89 %) would dominate the front; marked, it is left off
+    assert fronts and 2.0 not in [round(v, 6) for v in fronts[0]]
+    assert not figures.broken_on_clean(normalise(tidy))
+
+
 def test_settings_say_where_each_default_comes_from(tmp_path, tidy):
     """NT-ML declares its settings: each row has the default the plug-in gives today, the source,
     and the value of the preset that changes it (spec-v1: ML on the teacher's clean set); the

@@ -40,6 +40,8 @@ EPS = 1e-9                 # rates are sums of 1/n: compare with a tolerance, no
 BROKEN_MARK = "broken model"
 BROKEN_SIGN = "†"          # beside a broken model's number in the paper tables and the figures
 BROKEN_NOTE = f"{BROKEN_MARK}: ACC more than {MAX_ACC_DROP * 100:g} points below no defense"
+CLEAN_BROKEN_SIGN = "‡"    # beside a defense's name in the figures: it broke the model of a clean cell
+CLEAN_BROKEN_NOTE = f"{BROKEN_MARK} on the clean cell (no attack): ACC more than {MAX_ACC_DROP * 100:g} points below no defense"
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:

@@ -11,7 +11,9 @@
 * ``roc``: detection ROC curves of defenses that score training samples.
 
 A cell or defense whose model is broken (:func:`bench.reports.audit.broken`) is marked † in the
-heatmaps and the scatter, and left off the Pareto front.
+heatmaps and the scatter, and left off the Pareto front. A defense that broke the model of a clean
+cell (no attack; :func:`broken_on_clean`), which no attacked cell of these figures shows, is marked
+‡ beside its name in both, and is left off the front too: the leaderboard ranks it broken.
 
 Per-sample data come from the diagnostics files the scheduler writes beside the records
 (``diagnostics/<run_id>.pt``); everything else from the tidy table.
@@ -128,12 +130,34 @@ def fig7_partition_rate(df: pd.DataFrame, out: Path) -> list[Path]:
     return _save(g.figure, out, "fig7_partition_rate")
 
 
+def broken_on_clean(df: pd.DataFrame) -> set[str]:
+    """Defenses whose mean ACC over clean cells (poison ratio 0) is more than the audit's
+    ``MAX_ACC_DROP`` below no defense's there (:func:`bench.reports.audit.broken`)."""
+    clean = one_variant_per_defense(df[df["poison_ratio"] == 0])
+    if clean.empty:
+        return set()
+    means = clean.groupby("defense")[["acc", "acc_nodef"]].mean()
+    return {d for d, bad in audit.broken(means).items() if bad}
+
+
+def defense_name(defense: str, clean_broken: set[str]) -> str:
+    """A defense's label in a figure, marked ‡ when it broke a clean cell's model."""
+    return label("defense", defense) + (f" {audit.CLEAN_BROKEN_SIGN}" if defense in clean_broken else "")
+
+
+def _broken_notes(on_cell: bool, on_clean: bool) -> str:
+    notes = ([f"{audit.BROKEN_SIGN} {audit.BROKEN_NOTE}"] if on_cell else []) \
+        + ([f"{audit.CLEAN_BROKEN_SIGN} {audit.CLEAN_BROKEN_NOTE}"] if on_clean else [])
+    return "\n".join(notes)
+
+
 def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
     sel = one_variant_per_defense(df[df["poison_ratio"] > 0])
     if sel.empty:
         return []
+    clean_broken = broken_on_clean(df) & set(sel["defense"])
     sel = sel.assign(acc_drop=(sel["acc_nodef"] - sel["acc"]) * 100, asr_pct=sel["asr"] * 100,
-                     A=_attack_label(sel), D=sel["defense"].map(lambda d: label("defense", d)))
+                     A=_attack_label(sel), D=sel["defense"].map(lambda d: defense_name(d, clean_broken)))
     nodef = label("defense", NO_DEFENSE)
     paths = []
     for col, stem, title, cmap in [("asr_pct", "heatmap_asr", "ASR after defense (%)", "Reds"),
@@ -155,7 +179,8 @@ def heatmaps(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.grid(False)
         ax.set_xlabel("defense")
         ax.set_ylabel("attack")
-        ax.set_title(title + (f"  ({audit.BROKEN_SIGN} {audit.BROKEN_NOTE})" if bad.any() else ""), fontsize=10)
+        notes = _broken_notes(bool(bad.any()), bool(clean_broken))
+        ax.set_title(title + (f"\n{notes}" if notes else ""), fontsize=10)
         paths += _save(fig, out, stem)
     return paths
 
@@ -179,27 +204,30 @@ def scatter_acc_asr(df: pd.DataFrame, out: Path) -> list[Path]:
     if g.empty:
         return []
     bad = audit.broken(g)
+    clean_broken = broken_on_clean(df) & set(g.index)
     g = g[["acc", "asr"]] * 100
     fig, ax = plt.subplots(figsize=(7, 5))
-    names = [label("defense", d) + (f" {audit.BROKEN_SIGN}" if bad[d] else "") for d in g.index]
+    names = [defense_name(d, clean_broken) + (f" {audit.BROKEN_SIGN}" if bad[d] else "") for d in g.index]
     # distinct colours and markers: a dozen defenses must stay tellable apart where they cluster
     sns.scatterplot(x=g["asr"], y=g["acc"], hue=names, style=names, s=90, ax=ax,
                     palette=sns.color_palette("tab20", len(names)))
-    usable = g[~bad]   # a broken model is never on the front, however low its ASR
+    usable = g[~bad & ~g.index.isin(list(clean_broken))]   # a broken model is never on the front, however low its ASR
     front = usable.iloc[pareto_front(usable[["acc", "asr"]].to_numpy())].sort_values("asr")
     ax.plot(front["asr"], front["acc"], "k--", lw=1, label="Pareto front")
     placed: list[tuple[float, float]] = []
     for name, r in g.sort_values("acc").iterrows():   # label a point only where labels do not collide
         if all(abs(r["asr"] - a) > 6 or abs(r["acc"] - c) > 2.5 for a, c in placed):
-            ax.annotate(label("defense", name) + (f" {audit.BROKEN_SIGN}" if bad[name] else ""), (r["asr"], r["acc"]),
+            ax.annotate(defense_name(name, clean_broken) + (f" {audit.BROKEN_SIGN}" if bad[name] else ""),
+                        (r["asr"], r["acc"]),
                         fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
             placed.append((r["asr"], r["acc"]))
     ax.set_xlabel("mean ASR (%)  ← better")
     ax.set_ylabel("mean clean ACC (%)  ↑ better")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    notes = _broken_notes(bool(bad.any()), bool(clean_broken))
     ax.set_title("ACC vs ASR per defense (mean over attacked cells)"
-                 + (f"\n{audit.BROKEN_SIGN} {audit.BROKEN_NOTE}; not on the front" if bad.any() else ""), fontsize=10)
+                 + (f"\n{notes}; not on the front" if notes else ""), fontsize=10)
     return _save(fig, out, "scatter_acc_asr")
 
 
