@@ -293,6 +293,11 @@ def test_paper_comparison_puts_each_cifar10_cell_beside_the_papers_value(tidy):
     assert row["reading"].startswith("ACC: the victim's gap (-32.0); the defense changed it as in the paper (-3.0 vs -8.7)")
     assert not ((cmp.attack == "BadNet") & (cmp.defense == "CLP")).any()   # failed run: not measured
     assert paper_comparison(normalise(tidy.assign(dataset="digits"))).empty
+    # the budget scale is a setting, printed as given (0.25, not 0.2 at one decimal)
+    from bench.reports.paper import comparison_markdown
+
+    md = comparison_markdown(paper_comparison(normalise(tidy.assign(budget_scale=0.25))))
+    assert "| 0.25 |" in md and "defense budget x0.25" in md
 
 
 def test_a_broken_model_is_marked_in_the_tables_and_kept_off_the_pareto_front(tidy, tmp_path):

@@ -158,4 +158,6 @@ def comparison_markdown(cmp: pd.DataFrame, gap_points: float = GAP_POINTS) -> st
             f"paper's defense moved the paper's victim (within {gap_points:g} points), the gap is the victim's "
             f"(the regime: model, images, epochs), not the method's; otherwise the change of each is given, "
             f"with the defense's budget scale and whether its settings are reconstructed.\n\n")
-    return head + markdown_table(cmp)
+    # a setting, not a measurement: as given (0.25 would read 0.2 at one decimal)
+    scales = cmp["budget scale"].map(lambda b: "" if b is None or b != b else f"{b:g}")
+    return head + markdown_table(cmp.assign(**{"budget scale": scales}))
