@@ -136,6 +136,7 @@ def naive_epoch(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, mea
     loader = torch.utils.data.DataLoader(
         PILDataset(x_u8, y, tf), batch_size=batch_size, shuffle=True, num_workers=workers,
         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    model = engine.prepare_model(model, dev)  # on the device and in the layout the engine uses
     opt = engine.make_optimizer(model.parameters(), _train_config(batch_size))
     model.train()
     seen = 0

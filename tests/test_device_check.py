@@ -170,3 +170,18 @@ def test_the_table2_cell_is_not_started_past_the_time_budget(tmp_path, monkeypat
     assert "--time-budget of 300s" in capsys.readouterr().out
     assert cli_main(args + ["--time-budget", "600"]) == 0
     assert json.loads(out.read_text())["table2_cell"]["wall_s"] == 200.0
+
+
+def test_the_published_device_check_is_one_the_estimate_reads():
+    """reference/device-check holds a real run's JSON: it must stay readable by the estimate
+    (schema, an engine rate per shipped GPU model, every part ok) as the code moves on."""
+    from bench.estimate import load_device_check
+
+    path = Path(__file__).resolve().parents[1] / "reference" / "device-check" / "nvidia-h200.json"
+    check = load_device_check(path)
+    assert check is not None and check["schema"] == "bench.device_check/1"
+    assert check["ok"] and not check["errors"]
+    for model in ("cnn_small", "resnet18"):
+        rate, note = gpu_rate(check, model, (3, 32, 32))
+        assert rate and rate > check["throughput"][model]["naive_img_s"] * 0.5 and note == ""
+    assert dc.summary_lines(check)[0].startswith("device check on NVIDIA H200")
