@@ -300,6 +300,27 @@ def test_paper_comparison_puts_each_cifar10_cell_beside_the_papers_value(tidy):
     assert "| 0.25 |" in md and "defense budget x0.25" in md
 
 
+def test_a_gap_reading_names_the_detection_and_the_steps_each_phase_took(tidy):
+    """The reading of a gap gives what the record measured about the defense: how well it found the
+    poisoned images, the optimiser steps of each phase (repeated rounds folded), and, for a defense
+    that trained nothing, that the budget cannot be the cause."""
+    from bench.reports.paper import paper_comparison
+
+    df = tidy.assign(budget_scale=0.25, tpr=float("nan"), fpr=float("nan"), phases=None)
+    ft = (df.defense == "fine_tuning") & (df.attack == "badnet")
+    df.loc[ft, "tpr"], df.loc[ft, "fpr"] = 0.5, 0.012
+    df["phases"] = [json.dumps([{"phase": "unlearn 0", "steps": 19, "epochs": 1.0},
+                                {"phase": "unlearn 1", "steps": 19, "epochs": 1.0},
+                                {"phase": "relearn", "steps": 75, "epochs": 2.5012}]) if f else None for f in ft]
+    row = paper_comparison(normalise(df)).query("attack == 'BadNet' and defense == 'FineTuning'").iloc[0]
+    assert row["reading"].endswith("its detection: TPR 50 %, FPR 1.2 %; "
+                                   "defense budget x0.25 (unlearn 2x19 steps = 1 ep, relearn 75 steps = 2.5 ep)")
+    df["phases"] = [json.dumps([]) if f else None for f in ft]     # it trained nothing
+    row = paper_comparison(normalise(df)).query("attack == 'BadNet' and defense == 'FineTuning'").iloc[0]
+    assert row["reading"].endswith("no training phase ran (the budget does not apply)")
+    assert "x0.25" not in row["reading"]
+
+
 def test_a_broken_model_is_marked_in_the_tables_and_kept_off_the_pareto_front(tidy, tmp_path):
     """A cell whose defended ACC is more than 10 points below no defense's is marked † in the paper
     tables, the heatmaps and the scatter, whose Pareto front leaves it out however low its ASR."""

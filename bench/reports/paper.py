@@ -11,6 +11,8 @@ its own regime, so every gap has to be read with the record's model, images and 
 from __future__ import annotations
 
 import io
+import json
+import re
 
 import pandas as pd
 
@@ -55,10 +57,12 @@ def paper_comparison(df: pd.DataFrame, gap_points: float = GAP_POINTS) -> pd.Dat
     part = one_variant_per_defense(part) if len(part) else part
     if part.empty:
         return pd.DataFrame()
-    part = part.assign(**{c: part[c] if c in part else float("nan") for c in ("n_train", "budget_scale")})
+    part = part.assign(**{c: part[c] if c in part else float("nan")
+                          for c in ("n_train", "budget_scale", "tpr", "fpr")})
+    part = part.assign(phases=[_phases(p) for p in (part["phases"] if "phases" in part else [None] * len(part))])
     measured = part.groupby(["model", "attack", "poison_ratio", "defense"], as_index=False).agg(
         acc=("acc", "mean"), asr=("asr", "mean"), seeds=("seed", "nunique"), n_train=("n_train", "first"),
-        budget=("budget_scale", "first"))
+        budget=("budget_scale", "first"), tpr=("tpr", "mean"), fpr=("fpr", "mean"), phases=("phases", "first"))
     measured["attack label"] = [label("attack", a) for a in measured["attack"]]
     measured["defense label"] = ["No Defense" if d == NO_DEFENSE else label("defense", d) for d in measured["defense"]]
     paper = paper_values().rename(columns={"attack": "attack label", "defense": "defense label"})
@@ -122,13 +126,62 @@ def _reading(row: dict, gap_points: float) -> str:
             parts.append(f"{metric}: the defense changed its victim by {_points(-change)} points, the paper's by "
                          f"{_points(-paper_change)} (victim gap {_points(victim_gap)})")
     if parts and row["defense"] != NO_DEFENSE:
-        budget = row.get("budget")
-        if budget is not None and budget == budget and budget < 1:
-            parts.append(f"defense budget x{budget:g}")
+        tpr, fpr = row.get("tpr"), row.get("fpr")
+        if tpr is not None and tpr == tpr:   # a defense that flags training images: how well it did
+            parts.append(f"its detection: TPR {100 * tpr:.0f} %, FPR {100 * fpr:.1f} %")
+        budget_part = _budget_reading(row.get("budget"), row.get("phases"))
+        if budget_part:
+            parts.append(budget_part)
         status = _settings_status(row["defense"])
         if status:
             parts.append(status)
     return "; ".join(parts)
+
+
+def _phases(value) -> list | None:
+    """A record's ``phases`` (a list, or its JSON in a table); None when the record has none."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def _budget_reading(budget, phases) -> str:
+    """The budget a gap was measured under: its scale with the optimiser steps each of the defense's
+    phases took (from the record), or that the defense trains nothing, so the scale cannot be the
+    cause."""
+    if phases is not None and not phases:
+        return "no training phase ran (the budget does not apply)"
+    if budget is None or budget != budget or budget >= 1:
+        return ""
+    return f"defense budget x{budget:g}" + (f" ({_phase_steps(phases)})" if phases else "")
+
+
+def _phase_steps(phases: list) -> str:
+    """Each phase's optimiser steps, repeated rounds folded (``dbr unlearn 5x19 steps``)."""
+    grouped: dict[str, list] = {}
+    for p in phases:
+        name = re.sub(r" \d+$", "", str(p.get("phase", "?")))
+        grouped.setdefault(name, []).append((p.get("steps", "?"), _epochs(p.get("epochs"))))
+    out = []
+    for name, runs in grouped.items():
+        if len({steps for steps, _ in runs}) == 1:
+            (steps, epochs), n = runs[0], len(runs)
+            epochs = epochs if len(set(runs)) == 1 else ""   # rounds over data of different sizes
+            out.append(f"{name} {f'{n}x' if n > 1 else ''}{steps} steps{f' = {epochs} ep' if epochs else ''}")
+        else:
+            out.append(f"{name} {'+'.join(str(steps) for steps, _ in runs)} steps")
+    return ", ".join(out)
+
+
+def _epochs(value) -> str:
+    """A phase's epochs over the data it trained on, as read (``10``, ``2.5``); "" when unknown."""
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return ""
 
 
 def _settings_status(defense: str) -> str:
@@ -157,7 +210,9 @@ def comparison_markdown(cmp: pd.DataFrame, gap_points: float = GAP_POINTS) -> st
             f"each gap comes from: when the defense moved ACC (or ASR) against its own victim as far as the "
             f"paper's defense moved the paper's victim (within {gap_points:g} points), the gap is the victim's "
             f"(the regime: model, images, epochs), not the method's; otherwise the change of each is given, "
-            f"with the defense's budget scale and whether its settings are reconstructed.\n\n")
+            f"with what the record measured of the defense: its detection (TPR/FPR of the training images "
+            f"it flagged), the budget scale with the optimiser steps each phase took (or that it trained "
+            f"nothing), and whether its settings are reconstructed.\n\n")
     # a setting, not a measurement: as given (0.25 would read 0.2 at one decimal)
     scales = cmp["budget scale"].map(lambda b: "" if b is None or b != b else f"{b:g}")
     return head + markdown_table(cmp.assign(**{"budget scale": scales}))
