@@ -571,7 +571,9 @@ def dry_run_lines(suite: str, jobs, *, results, data_root, cache_dir, salt: str 
         try:
             saved = save(est, results)
             lines.append(f"estimate saved to {saved}: once these runs finish, `report` sets it beside their "
-                         f"measured times (report/{ESTIMATE_REPORT})")
+                         f"measured times (report/{ESTIMATE_REPORT})" if saved else
+                         f"estimate not saved: an earlier one in {Path(results) / ESTIMATES} already covers "
+                         f"these jobs, and `report` compares them with it")
         except OSError as exc:
             lines.append(f"estimate not saved ({exc})")
     return lines
@@ -581,17 +583,55 @@ ESTIMATES = "estimates"
 ESTIMATE_REPORT = "estimate_vs_measured.md"
 
 
-def save(est: Estimate, results) -> Path:
-    """Write ``est`` to ``<results>/estimates/<suite>.json`` (a later dry run of the suite replaces
-    it; the report matches its jobs to the records by run id, so a filtered dry run is compared on
-    the runs it covered)."""
+def save(est: Estimate, results) -> Path | None:
+    """Keep ``est`` in ``<results>/estimates/`` by :func:`store`'s rule (the report matches each
+    saved estimate's jobs to the records by run id, so a filtered dry run is compared on the runs
+    it covered); the path written, or None when an estimate there already covers these jobs."""
+    return store(Path(results) / ESTIMATES, est.to_dict())
+
+
+def suite_estimates(folder, suite: str) -> list[Path]:
+    """A suite's saved estimates in ``folder``: ``<suite>.json`` and ``<suite>.<k>.json``."""
+    folder, stem = Path(folder), Path(str(suite)).stem
+    first = [folder / f"{stem}.json"] if (folder / f"{stem}.json").is_file() else []
+    return first + sorted(folder.glob(f"{stem}.*.json"), key=lambda p: p.name)
+
+
+def store(folder, data: dict) -> Path | None:
+    """Write a suite's estimate (:meth:`Estimate.to_dict`) beside those already in ``folder``, so
+    that a suite run in chunks keeps an estimate of every chunk: an estimate whose jobs this one
+    covers is replaced (a dry run of the same jobs again, or of more); when one already covers
+    these jobs (a resumed suite's dry run of its remaining jobs), nothing is written (None);
+    otherwise (new jobs, e.g. attacks added to the suite) it goes beside as ``<suite>.<k>.json``."""
     from bench.files import atomic_write_text
 
-    folder = Path(results) / ESTIMATES
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{Path(str(est.suite)).stem}.json"
-    atomic_write_text(path, json.dumps(est.to_dict(), indent=1))
-    return path
+    ids = {j["run_id"] for j in data.get("jobs") or []}
+    covered = []
+    for path in suite_estimates(folder, data["suite"]):
+        try:
+            old = {j["run_id"] for j in json.loads(path.read_text()).get("jobs") or []}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if old <= ids:
+            covered.append(path)
+        elif ids <= old:
+            return None
+    stem = Path(str(data["suite"])).stem
+    if covered:
+        target = covered[0]
+        for path in covered[1:]:
+            path.unlink()
+    elif not (folder / f"{stem}.json").exists():
+        target = folder / f"{stem}.json"
+    else:
+        k = 2
+        while (folder / f"{stem}.{k}.json").exists():
+            k += 1
+        target = folder / f"{stem}.{k}.json"
+    atomic_write_text(target, json.dumps(data, indent=1))
+    return target
 
 
 def default_device_check(results) -> Path:

@@ -108,13 +108,19 @@ def publish(results: str | Path, dest: str | Path, suite: str | None = None) -> 
 
 def _copy_estimates(results: Path, dest: Path, suites: set) -> None:
     """The dry run's saved estimates of the published suites (JSON, :func:`bench.estimate.save`), so
-    that ``report`` on the published folder sets them beside the measured times too."""
-    from bench.estimate import ESTIMATES
+    that ``report`` on the published folder sets them beside the measured times too; kept beside
+    those already published by :func:`bench.estimate.store`'s rule (a later chunk's estimate of new
+    jobs does not replace the first chunks')."""
+    from bench.estimate import ESTIMATES, store, suite_estimates
 
-    for path in sorted((results / ESTIMATES).glob("*.json")) if (results / ESTIMATES).is_dir() else []:
-        if path.stem in suites:
-            (dest / ESTIMATES).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest / ESTIMATES / path.name)
+    for suite in sorted(s for s in suites if s):
+        for path in suite_estimates(results / ESTIMATES, suite):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("jobs"), list) and data.get("suite"):
+                store(dest / ESTIMATES, data)
 
 
 def _write_summaries(results: Path, dest: Path, chosen: dict) -> None:

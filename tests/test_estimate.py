@@ -190,6 +190,39 @@ def test_the_report_sets_a_saved_estimate_beside_the_measured_times(tmp_path):
     assert estimate_check.markdown(tmp_path / "none", records) is None
 
 
+def test_a_suite_run_in_chunks_keeps_an_estimate_of_every_chunk(tmp_path):
+    """A dry run of the same jobs (or more) replaces the saved estimate; one of a resumed suite's
+    remaining jobs keeps the earlier one; one of new jobs (attacks added to the suite) goes beside
+    it, and publishing keeps both beside what is already published."""
+    from bench.estimate import store, suite_estimates
+    from bench.reference import _copy_estimates
+
+    def est(*ids, created=1.0):
+        return {"suite": "s", "created": created, "workers": 2,
+                "jobs": [{"run_id": i, "kind": "repair", "cell": "c", "cpu_s": 1.0} for i in ids]}
+
+    folder = tmp_path / "results" / "estimates"
+    assert store(folder, est("a", "b")) == folder / "s.json"
+    assert store(folder, est("a", "b", created=2.0)) == folder / "s.json"          # the same jobs again
+    assert json.loads((folder / "s.json").read_text())["created"] == 2.0
+    assert store(folder, est("b")) is None                                        # a resumed dry run
+    assert store(folder, est("c", "d")) == folder / "s.2.json"                    # attacks added
+    assert store(folder, est("e")) == folder / "s.3.json"
+    assert store(folder, est("a", "b", "c", "d", "e")) == folder / "s.json"       # the whole suite again
+    assert suite_estimates(folder, "s") == [folder / "s.json"]
+    (folder / "other.json").write_text(json.dumps({**est("z"), "suite": "other"}))
+    assert suite_estimates(folder, "s") == [folder / "s.json"]
+    # publishing a later chunk's estimate beside the published one
+    dest = tmp_path / "ref"
+    store(dest / "estimates", est("a", "b"))
+    (folder / "s.json").unlink()
+    store(folder, est("c"))
+    _copy_estimates(tmp_path / "results", dest, {"s"})
+    published = [json.loads(p.read_text()) for p in suite_estimates(dest / "estimates", "s")]
+    assert [[j["run_id"] for j in e["jobs"]] for e in published] == [["a", "b"], ["c"]]
+    assert not (dest / "estimates" / "other.json").exists()
+
+
 @pytest.mark.parametrize("n,batch,paper,floor", [(100, 32, 4.0, 0), (100, 32, 10.0, 0), (100, 32, 1.2, 0),
                                                  (100, 32, 4.0, 9), (20, 128, 8.0, 5), (96, 32, 6.0, 0),
                                                  (100, 32, 2.0, 50), (100, 32, None, 9)])

@@ -13,6 +13,7 @@ their start-up and evaluation.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -101,7 +102,10 @@ def markdown(results, records: pd.DataFrame) -> str | None:
     for est in estimates:
         table, wall = compare(est, records)
         load = est.get("load")
-        out.append(f"## {est['suite']}")
+        created = est.get("created")
+        when = (f"estimate of {datetime.fromtimestamp(float(created), timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                if isinstance(created, (int, float)) else "")
+        out.append(f"## {est['suite']} ({when}{len(est['jobs'])} jobs)")
         out.append("")
         out.append(f"Estimated with {est.get('workers')} worker(s) on {est.get('cores')} core(s)"
                    + (f", load average {load:.2f} when it was calibrated" if load is not None else "") + ".")
