@@ -597,6 +597,17 @@ def suite_estimates(folder, suite: str) -> list[Path]:
     return first + sorted(folder.glob(f"{stem}.*.json"), key=lambda p: p.name)
 
 
+def read_estimate(path) -> dict | None:
+    """A saved estimate (:meth:`Estimate.to_dict`), or None when the file is unreadable or is not
+    one (no ``suite``, no list of ``jobs``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("jobs"), list) and data.get("suite")
+    return data if ok else None
+
+
 def store(folder, data: dict) -> Path | None:
     """Write a suite's estimate (:meth:`Estimate.to_dict`) beside those already in ``folder``, so
     that a suite run in chunks keeps an estimate of every chunk: an estimate whose jobs this one
@@ -610,10 +621,10 @@ def store(folder, data: dict) -> Path | None:
     ids = {j["run_id"] for j in data.get("jobs") or []}
     covered = []
     for path in suite_estimates(folder, data["suite"]):
-        try:
-            old = {j["run_id"] for j in json.loads(path.read_text()).get("jobs") or []}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        saved = read_estimate(path)
+        if saved is None:
             continue
+        old = {j.get("run_id") for j in saved["jobs"]}
         if old <= ids:
             covered.append(path)
         elif ids <= old:

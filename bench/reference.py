@@ -111,16 +111,11 @@ def _copy_estimates(results: Path, dest: Path, suites: set) -> None:
     that ``report`` on the published folder sets them beside the measured times too; kept beside
     those already published by :func:`bench.estimate.store`'s rule (a later chunk's estimate of new
     jobs does not replace the first chunks')."""
-    from bench.estimate import ESTIMATES, store, suite_estimates
+    from bench.estimate import ESTIMATES, read_estimate, store, suite_estimates
 
     for suite in sorted(s for s in suites if s):
-        for path in suite_estimates(results / ESTIMATES, suite):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and isinstance(data.get("jobs"), list) and data.get("suite"):
-                store(dest / ESTIMATES, data)
+        for data in filter(None, map(read_estimate, suite_estimates(results / ESTIMATES, suite))):
+            store(dest / ESTIMATES, data)
 
 
 def _write_summaries(results: Path, dest: Path, chosen: dict) -> None:

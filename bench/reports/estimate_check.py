@@ -12,13 +12,12 @@ their start-up and evaluation.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from bench.estimate import ESTIMATES, format_seconds, wall_time
+from bench.estimate import ESTIMATES, format_seconds, read_estimate, wall_time
 from bench.plan import JOB_KINDS
 
 COLUMNS = ["suite", "kind", "jobs", "measured_jobs", "estimated_s", "measured_s", "ratio"]
@@ -27,15 +26,8 @@ COLUMNS = ["suite", "kind", "jobs", "measured_jobs", "estimated_s", "measured_s"
 def load_estimates(results) -> list[dict]:
     """The saved estimates of a results folder (``<results>/estimates/*.json``), oldest first."""
     folder = Path(results) / ESTIMATES
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            est = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(est, dict) and isinstance(est.get("jobs"), list):
-            out.append(est)
-    return sorted(out, key=lambda e: e.get("created") or 0)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return sorted(filter(None, map(read_estimate, paths)), key=lambda e: e.get("created") or 0)
 
 
 def busy_seconds(intervals) -> float:

@@ -11,13 +11,12 @@ its own regime, so every gap has to be read with the record's model, images and 
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import pandas as pd
 
 from bench.card import NO_DEFENSE
-from bench.reports.tidy import label, one_variant_per_defense
+from bench.reports.tidy import json_value, label, one_variant_per_defense
 
 GAP_POINTS = 10.0
 DEFENSE_COLUMNS = ("No Defense", "FineTuning", "FinePruning", "CutMix", "CLP", "DBR", "SCAnFT", "ABL", "MeCa")
@@ -140,11 +139,7 @@ def _reading(row: dict, gap_points: float) -> str:
 
 def _phases(value) -> list | None:
     """A record's ``phases`` (a list, or its JSON in a table); None when the record has none."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
+    value = json_value(value)
     return list(value) if isinstance(value, (list, tuple)) else None
 
 

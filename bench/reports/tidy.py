@@ -142,15 +142,20 @@ def load_runs(source: str | Path) -> pd.DataFrame:
     return normalise(df)
 
 
-def _as_dict(v) -> dict:
-    if isinstance(v, dict):
-        return v
-    if isinstance(v, str) and v.strip().startswith("{"):
+def json_value(v):
+    """A record field as written (a dict or list) or as a table holds it (its JSON text); None when
+    it is neither (missing, NaN, unreadable)."""
+    if isinstance(v, str) and v.strip()[:1] in ("{", "["):
         try:
             return json.loads(v)
         except ValueError:
-            return {}
-    return {}
+            return None
+    return v if isinstance(v, (dict, list, tuple)) else None
+
+
+def _as_dict(v) -> dict:
+    v = json_value(v)
+    return v if isinstance(v, dict) else {}
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
